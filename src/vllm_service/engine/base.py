@@ -1,0 +1,183 @@
+"""The engine contract: what every engine (embedded, upstream, managed process) provides.
+
+Exception tree::
+
+    EngineError                  the engine could not serve the request
+     ├── InvalidRequestError     the request cannot be served as asked (400)
+     │    └── ContextLengthExceededError
+     └── EngineUnavailableError  the engine cannot take work now (503)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Role = Literal["system", "developer", "user", "assistant"]
+
+
+class FinishReason(enum.StrEnum):
+    """Why a sequence ended, as OpenAI names it."""
+
+    STOP = "stop"
+    LENGTH = "length"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to pick tokens; every field maps to an OpenAI request parameter."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: None: no logprobs; 0..20: the chosen token's logprob plus that many alternatives.
+    logprobs: int | None = None
+    #: A GBNF grammar constraining the output (JSON mode, json_schema).
+    grammar: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One sequence to generate: either chat messages or a raw prompt (text or token ids)."""
+
+    request_id: str
+    sampling: SamplingParams
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    token_bytes: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    token_bytes: bytes
+    top: tuple[TopLogprob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDelta:
+    """New output of one sequence. The final delta carries finish_reason and usage."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    state: Literal["starting", "ready", "stopping", "failed"]
+    device: str
+    detail: dict[str, int | float | str] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    id: str
+    owned_by: str
+    created: int
+    max_model_len: int
+
+
+class Engine(Protocol):
+    """What the manager needs from an engine."""
+
+    def generate(self, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        """Stream the sequence's deltas; closing the iterator aborts the sequence."""
+        ...
+
+    async def health(self) -> EngineHealth: ...
+
+    def models(self) -> list[ModelCard]: ...
+
+    async def start(self) -> None:
+        """Load weights and begin accepting work."""
+        ...
+
+    async def stop(self) -> None:
+        """Finish or abort in-flight work and free resources."""
+        ...
+
+
+class EngineError(Exception):
+    """The engine could not serve the request."""
+
+
+class InvalidRequestError(EngineError):
+    """The request cannot be served as asked (maps to HTTP 400)."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    """Prompt plus requested completion do not fit the model's context."""
+
+    def __init__(self, *, max_model_len: int, prompt_tokens: int, max_tokens: int | None):
+        requested = prompt_tokens + (max_tokens or 0)
+        if max_tokens is None:
+            message = (
+                f"This model's maximum context length is {max_model_len} tokens. However, your "
+                f"prompt has {prompt_tokens} tokens, which leaves no room for a completion. "
+                "Please reduce the length of the prompt."
+            )
+        else:
+            message = (
+                f"This model's maximum context length is {max_model_len} tokens. However, you "
+                f"requested {requested} tokens ({prompt_tokens} in the prompt, {max_tokens} for "
+                "the completion). Please reduce the length of the prompt or max_tokens."
+            )
+        super().__init__(message, param="messages", code="context_length_exceeded")
+        self.max_model_len = max_model_len
+        self.prompt_tokens = prompt_tokens
+
+
+class EngineUnavailableError(EngineError):
+    """The engine cannot take work now (maps to HTTP 503)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after

@@ -1,0 +1,73 @@
+"""Choosing where the embedded engine runs: CUDA, Apple Silicon (Metal), or the CPU."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass
+
+from vllm_service.config import Device, LlamaCppOptions
+
+#: llama.cpp clamps this to the model's layer count: "offload everything".
+ALL_LAYERS = 999
+
+
+class DeviceError(Exception):
+    """The configured device is not available in this build or on this machine."""
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePlacement:
+    """The device chosen for a model and how many of its layers go there."""
+
+    device: Device
+    n_gpu_layers: int
+    n_threads: int
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (honours cgroup/affinity limits where the OS tells)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def is_apple_silicon() -> bool:
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def choose_device(requested: Device, *, gpu_offload_supported: bool) -> Device:
+    """Resolve ``auto``: CUDA first, then Apple Silicon's Metal, then the CPU.
+
+    llama.cpp's build decides which GPU backend exists; a build with GPU offload on Apple
+    Silicon is Metal, elsewhere it is CUDA (or another GPU backend driven the same way).
+    """
+    if requested == "cpu":
+        return "cpu"
+    if requested == "auto":
+        if not gpu_offload_supported:
+            return "cpu"
+        return "mps" if is_apple_silicon() else "cuda"
+    if not gpu_offload_supported:
+        raise DeviceError(
+            f"device {requested!r} was requested but this llama-cpp-python build has no GPU "
+            "backend; reinstall it with CMAKE_ARGS='-DGGML_CUDA=on' (CUDA) or "
+            "'-DGGML_METAL=on' (Apple Silicon), or use device 'cpu'"
+        )
+    if requested == "mps" and not is_apple_silicon():
+        raise DeviceError("device 'mps' needs Apple Silicon (macOS on arm64)")
+    return requested
+
+
+def place(options: LlamaCppOptions, *, gpu_offload_supported: bool) -> DevicePlacement:
+    device = choose_device(options.device, gpu_offload_supported=gpu_offload_supported)
+    if options.n_gpu_layers is not None:
+        layers = ALL_LAYERS if options.n_gpu_layers == -1 else options.n_gpu_layers
+    else:
+        layers = 0 if device == "cpu" else ALL_LAYERS
+    if device == "cpu":
+        layers = 0
+    return DevicePlacement(
+        device=device, n_gpu_layers=layers, n_threads=options.n_threads or usable_cpus()
+    )

@@ -1,0 +1,201 @@
+"""The embedded llama.cpp engine: the Engine contract over the continuous-batching scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from vllm_service.config import LlamaCppOptions
+from vllm_service.engine.base import (
+    ContextLengthExceededError,
+    EngineHealth,
+    EngineUnavailableError,
+    GenerationRequest,
+    InvalidRequestError,
+    ModelCard,
+    TokenDelta,
+)
+from vllm_service.engine.llamacpp.chat_template import CHATML_TEMPLATE, ChatTemplate
+from vllm_service.engine.llamacpp.device import DevicePlacement, place
+from vllm_service.engine.llamacpp.model import LlamaModel, gpu_offload_supported
+from vllm_service.engine.llamacpp.model_files import resolve_model_path
+from vllm_service.engine.llamacpp.sampling import SamplerChain
+from vllm_service.engine.llamacpp.scheduler import Scheduler, Sequence
+from vllm_service.engine.llamacpp.text_output import TextOutput
+
+
+class LlamaCppEngine:
+    """Serves one GGUF model in-process; weights load in ``start()``, off the event loop."""
+
+    def __init__(self, name: str, options: LlamaCppOptions) -> None:
+        self.name = name
+        self.options = options
+        # Resolved now so a bad path or device fails at start-up, before the server listens.
+        self.model_path: Path = resolve_model_path(options.model)
+        self.placement: DevicePlacement = place(
+            options, gpu_offload_supported=gpu_offload_supported()
+        )
+        self._model: LlamaModel | None = None
+        self._scheduler: Scheduler | None = None
+        self._template: ChatTemplate | None = None
+        self._state: str = "starting"
+        self._created = int(time.time())
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await asyncio.to_thread(self._load)
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._state = "ready"
+
+    def _load(self) -> None:
+        model = LlamaModel(self.model_path, self.placement)
+        self._model = model
+        template_source = self.options.chat_template or model.chat_template() or CHATML_TEMPLATE
+        self._template = ChatTemplate(
+            template_source,
+            bos_token=model.special_text(model.bos_id),
+            eos_token=model.special_text(model.eos_id),
+        )
+        scheduler = Scheduler(
+            model,
+            n_threads=self.placement.n_threads,
+            max_num_seqs=self.options.max_num_seqs,
+            max_num_batched_tokens=self.options.max_num_batched_tokens,
+            kv_cells=self.options.max_model_len * self.options.max_num_seqs,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    async def stop(self) -> None:
+        self._state = "stopping"
+        scheduler, model = self._scheduler, self._model
+        self._scheduler = None
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.stop)
+        if model is not None:
+            model.close()
+        self._model = None
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def models(self) -> list[ModelCard]:
+        return [
+            ModelCard(
+                id=self.name,
+                owned_by="vllm-service",
+                created=self._created,
+                max_model_len=self.options.max_model_len,
+            )
+        ]
+
+    async def health(self) -> EngineHealth:
+        detail: dict[str, int | float | str] = {
+            "model_path": str(self.model_path),
+            "n_gpu_layers": self.placement.n_gpu_layers,
+            "n_threads": self.placement.n_threads,
+            "max_model_len": self.options.max_model_len,
+            "max_num_seqs": self.options.max_num_seqs,
+        }
+        if self._scheduler is not None:
+            stats = self._scheduler.stats()
+            detail.update(
+                running=stats.running,
+                waiting=stats.waiting,
+                kv_cells_used=stats.kv_cells_used,
+                kv_cells_total=stats.kv_cells_total,
+            )
+        state = self._state
+        return EngineHealth(
+            state=state if state in ("starting", "ready", "stopping", "failed") else "failed",  # type: ignore[arg-type]
+            device=self.placement.device,
+            detail=detail,
+        )
+
+    def _prompt_tokens(self, model: LlamaModel, req: GenerationRequest) -> list[int]:
+        if req.prompt_token_ids is not None:
+            return list(req.prompt_token_ids)
+        if req.messages is not None:
+            assert self._template is not None
+            text = self._template.render(req.messages)
+            # The template writes BOS itself when the model wants one.
+            return model.tokenize(text, add_special=False, parse_special=True)
+        return model.tokenize(req.prompt or "", add_special=True, parse_special=False)
+
+    def _check(self, model: LlamaModel, req: GenerationRequest, prompt: list[int]) -> int:
+        """Validate against the model; returns the completion budget."""
+        limit = self.options.max_model_len
+        wanted = req.sampling.max_tokens
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        if any(t < 0 or t >= model.n_vocab for t in prompt):
+            raise InvalidRequestError(
+                f"prompt token ids must be in [0, {model.n_vocab})", param="prompt"
+            )
+        if len(prompt) + (wanted or 1) > limit:
+            raise ContextLengthExceededError(
+                max_model_len=limit, prompt_tokens=len(prompt), max_tokens=wanted
+            )
+        for token, _ in req.sampling.logit_bias:
+            if token >= model.n_vocab:
+                raise InvalidRequestError(
+                    f"logit_bias token id {token} is out of range: the vocabulary has "
+                    f"{model.n_vocab} tokens",
+                    param="logit_bias",
+                )
+        return wanted if wanted is not None else limit - len(prompt)
+
+    def _prepare(self, req: GenerationRequest) -> tuple[list[int], int, SamplerChain]:
+        model = self._model
+        if model is None:
+            raise EngineUnavailableError("the model is not loaded yet", retry_after=1.0)
+        prompt = self._prompt_tokens(model, req)
+        max_tokens = self._check(model, req, prompt)
+        sampler = SamplerChain(model, req.sampling, penalty_window=max_tokens)
+        return prompt, max_tokens, sampler
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        scheduler = self._scheduler
+        if scheduler is None or self._state != "ready":
+            raise EngineUnavailableError("the engine is not ready", retry_after=1.0)
+        prompt, max_tokens, sampler = await asyncio.to_thread(self._prepare, req)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
+
+        def emit(item: TokenDelta | BaseException) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        seq = Sequence(
+            request_id=req.request_id,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            params=req.sampling,
+            sampler=sampler,
+            emit=emit,
+            text=TextOutput(req.sampling.stop),
+        )
+        try:
+            scheduler.submit(seq)
+        except BaseException:
+            sampler.free()
+            raise
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                if item.finish_reason is not None:
+                    finished = True
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                scheduler.abort(seq)

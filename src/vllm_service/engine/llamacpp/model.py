@@ -1,0 +1,136 @@
+"""A loaded GGUF model: weights, vocabulary, tokenizer and metadata (llama.cpp's C API)."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from vllm_service.engine.llamacpp.device import DevicePlacement
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _silence_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp logs every tensor at load; the service reports what matters itself.
+    return None
+
+
+# Kept at module level so ctypes never frees the callback while C still holds it.
+_LOG_CALLBACK = llama_cpp.llama_log_callback(_silence_llama_log)
+
+
+def ensure_backend() -> None:
+    """Initialise llama.cpp's backends once per process."""
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+def gpu_offload_supported() -> bool:
+    ensure_backend()
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class ModelLoadError(Exception):
+    """llama.cpp could not load the model file."""
+
+
+class LlamaModel:
+    """Owns a ``llama_model`` and answers tokenizer questions; thread-safe for reads."""
+
+    def __init__(self, path: Path, placement: DevicePlacement) -> None:
+        ensure_backend()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = placement.n_gpu_layers
+        self.path = path
+        self._model: Any = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load {path}")
+        self._vocab: Any = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self.bos_id: int = llama_cpp.llama_vocab_bos(self._vocab)
+        self.eos_id: int = llama_cpp.llama_vocab_eos(self._vocab)
+        self._piece_cache: dict[int, bytes] = {}
+
+    @property
+    def handle(self) -> Any:
+        return self._model
+
+    @property
+    def vocab(self) -> Any:
+        return self._vocab
+
+    def close(self) -> None:
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def metadata(self, key: str) -> str | None:
+        size = 1 << 16
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", errors="replace")
+            size = n + 1
+
+    def chat_template(self) -> str | None:
+        return self.metadata("tokenizer.chat_template")
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), tokens, capacity, add_special, parse_special
+        )
+        if n < 0:
+            capacity = -n
+            tokens = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), tokens, capacity, add_special, parse_special
+            )
+        return list(tokens[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (special tokens render as nothing)."""
+        cached = self._piece_cache.get(token)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+        piece = buf.raw[:n]
+        self._piece_cache[token] = piece
+        return piece
+
+    def token_text(self, token: int) -> str:
+        """A token as text for logprobs (special tokens shown by name)."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, True)
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.token_text(token)

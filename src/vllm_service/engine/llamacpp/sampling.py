@@ -1,0 +1,136 @@
+"""Per-sequence sampling: a llama.cpp sampler chain built from OpenAI parameters, and logprobs."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import random
+from typing import Any
+
+import llama_cpp
+import numpy as np
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+from vllm_service.engine.base import InvalidRequestError, SamplingParams, TokenLogprob, TopLogprob
+from vllm_service.engine.llamacpp.model import LlamaModel
+
+#: llama.cpp reads this seed as "pick one at random"; a request's own seed never maps to it.
+_RANDOM_SEED = 0xFFFFFFFF
+
+
+def grammar_for_json_object() -> str:
+    """GBNF accepting any JSON object (``response_format: json_object``)."""
+    # llama.cpp's JSON grammar accepts any value; OpenAI's JSON mode promises an object.
+    return JSON_GBNF.replace("root   ::= object", "root ::= object", 1)
+
+
+def grammar_for_json_schema(schema: dict[str, Any]) -> str:
+    """GBNF accepting exactly the JSON documents valid under ``schema``."""
+    try:
+        return str(json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:  # the converter raises bare Exceptions on unsupported schemas
+        raise InvalidRequestError(
+            f"response_format.json_schema is not supported: {exc}",
+            param="response_format",
+        ) from exc
+
+
+def request_seed(seed: int | None) -> int:
+    """A 32-bit seed for llama.cpp's dist sampler: the request's own, or a random one."""
+    if seed is None:
+        return random.getrandbits(32) % _RANDOM_SEED
+    return (seed & 0xFFFFFFFF) % _RANDOM_SEED
+
+
+class SamplerChain:
+    """A sequence's own llama.cpp sampler chain; freed exactly once."""
+
+    def __init__(self, model: LlamaModel, params: SamplingParams, *, penalty_window: int) -> None:
+        chain_params = llama_cpp.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self._chain: Any = llama_cpp.llama_sampler_chain_init(chain_params)
+        try:
+            self._build(model, params, penalty_window)
+        except BaseException:
+            self.free()
+            raise
+
+    def _add(self, sampler: Any) -> None:
+        llama_cpp.llama_sampler_chain_add(self._chain, sampler)
+
+    def _build(self, model: LlamaModel, params: SamplingParams, penalty_window: int) -> None:
+        if params.grammar is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                model.vocab, params.grammar.encode(), b"root"
+            )
+            if not grammar:
+                raise InvalidRequestError(
+                    "the response_format could not be turned into a grammar",
+                    param="response_format",
+                )
+            self._add(grammar)
+        if params.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
+            for i, (token, bias) in enumerate(params.logit_bias):
+                biases[i].token = token
+                biases[i].bias = bias
+            self._add(
+                llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases)
+            )
+        if params.presence_penalty or params.frequency_penalty:
+            self._add(
+                llama_cpp.llama_sampler_init_penalties(
+                    penalty_window, 1.0, params.frequency_penalty, params.presence_penalty
+                )
+            )
+        if params.temperature <= 0.0:
+            self._add(llama_cpp.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            self._add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            self._add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            self._add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
+        self._add(llama_cpp.llama_sampler_init_dist(request_seed(params.seed)))
+
+    def sample(self, ctx: Any, batch_index: int) -> int:
+        """Pick (and accept into the chain's state) the next token from one output row."""
+        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index))
+
+    def free(self) -> None:
+        if self._chain:
+            llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+def token_logprob(
+    model: LlamaModel, ctx: Any, batch_index: int, token: int, n_top: int
+) -> TokenLogprob:
+    """Log-probability of ``token`` under the model's raw distribution, plus the top ``n_top``."""
+    pointer = llama_cpp.llama_get_logits_ith(ctx, batch_index)
+    logits = np.ctypeslib.as_array(
+        ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(model.n_vocab,)
+    ).astype(np.float64)
+    peak = float(logits.max())
+    log_norm = peak + float(np.log(np.exp(logits - peak).sum()))
+    top: tuple[TopLogprob, ...] = ()
+    if n_top > 0:
+        best = np.argpartition(logits, -n_top)[-n_top:]
+        best = best[np.argsort(logits[best])[::-1]]
+        top = tuple(
+            TopLogprob(
+                token=model.token_text(int(t)),
+                logprob=float(logits[t]) - log_norm,
+                token_bytes=model.token_text(int(t)).encode("utf-8"),
+            )
+            for t in best
+        )
+    text = model.token_text(token)
+    return TokenLogprob(
+        token=text,
+        logprob=float(logits[token]) - log_norm,
+        token_bytes=text.encode("utf-8"),
+        top=top,
+    )
