@@ -47,8 +47,10 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     #: None: no logprobs; 0..20: the chosen token's logprob plus that many alternatives.
     logprobs: int | None = None
-    #: A GBNF grammar constraining the output (JSON mode, json_schema).
-    grammar: str | None = None
+    #: Constrain the output to one JSON object (OpenAI's JSON mode).
+    json_object: bool = False
+    #: Constrain the output to documents valid under this JSON schema (its JSON text).
+    json_schema: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,9 +46,7 @@ class ChatTemplate:
     def render(self, messages: tuple[ChatMessage, ...]) -> str:
         rendered = [
             {
-                "role": "system"
-                if m.role == "developer" and not self._knows_developer
-                else m.role,
+                "role": "system" if m.role == "developer" and not self._knows_developer else m.role,
                 "content": m.content,
             }
             for m in messages

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import random
 from typing import Any
 
@@ -24,15 +23,24 @@ def grammar_for_json_object() -> str:
     return JSON_GBNF.replace("root   ::= object", "root ::= object", 1)
 
 
-def grammar_for_json_schema(schema: dict[str, Any]) -> str:
-    """GBNF accepting exactly the JSON documents valid under ``schema``."""
+def grammar_for_json_schema(schema: str) -> str:
+    """GBNF accepting exactly the JSON documents valid under ``schema`` (JSON text)."""
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        return str(json_schema_to_gbnf(schema))
     except Exception as exc:  # the converter raises bare Exceptions on unsupported schemas
         raise InvalidRequestError(
             f"response_format.json_schema is not supported: {exc}",
             param="response_format",
         ) from exc
+
+
+def grammar_for(params: SamplingParams) -> str | None:
+    """The GBNF grammar a request's response format needs, if any."""
+    if params.json_schema is not None:
+        return grammar_for_json_schema(params.json_schema)
+    if params.json_object:
+        return grammar_for_json_object()
+    return None
 
 
 def request_seed(seed: int | None) -> int:
@@ -59,9 +67,10 @@ class SamplerChain:
         llama_cpp.llama_sampler_chain_add(self._chain, sampler)
 
     def _build(self, model: LlamaModel, params: SamplingParams, penalty_window: int) -> None:
-        if params.grammar is not None:
+        grammar_text = grammar_for(params)
+        if grammar_text is not None:
             grammar = llama_cpp.llama_sampler_init_grammar(
-                model.vocab, params.grammar.encode(), b"root"
+                model.vocab, grammar_text.encode(), b"root"
             )
             if not grammar:
                 raise InvalidRequestError(
@@ -72,11 +81,8 @@ class SamplerChain:
         if params.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
             for i, (token, bias) in enumerate(params.logit_bias):
-                biases[i].token = token
-                biases[i].bias = bias
-            self._add(
-                llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases)
-            )
+                biases[i] = llama_cpp.llama_logit_bias(token, bias)
+            self._add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases))
         if params.presence_penalty or params.frequency_penalty:
             self._add(
                 llama_cpp.llama_sampler_init_penalties(

@@ -314,9 +314,7 @@ class Scheduler:
         logprobs: tuple[TokenLogprob, ...] = ()
         if seq.params.logprobs is not None:
             logprobs = (
-                token_logprob(
-                    self._model, self._ctx, seq.batch_index, token, seq.params.logprobs
-                ),
+                token_logprob(self._model, self._ctx, seq.batch_index, token, seq.params.logprobs),
             )
         seq.tokens.append(token)
         finish: FinishReason | None = None
@@ -365,4 +363,3 @@ class Scheduler:
         except RuntimeError:
             # The event loop is gone (shutdown); nobody is left to read this.
             seq.aborted = True
-

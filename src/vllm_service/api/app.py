@@ -1,0 +1,55 @@
+"""The ASGI application: built from Settings, with engines started in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from vllm_service import __version__
+from vllm_service.api import openai, ops
+from vllm_service.api.errors import BodySizeLimit, install_error_handlers
+from vllm_service.config import ModelConfig, Settings
+from vllm_service.engine import Engine, build_engine
+from vllm_service.manager import ModelManager
+
+
+def create_app(
+    settings: Settings, engine_factory: Callable[[ModelConfig], Engine] = build_engine
+) -> FastAPI:
+    """Build the app; engines are constructed (and their config checked) here, loaded later."""
+    manager = ModelManager(settings.models, engine_factory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load in the background so /health answers and /ready says 503 while weights load.
+        loading = asyncio.create_task(manager.start())
+        try:
+            yield
+        finally:
+            await loading
+            await manager.stop()
+
+    app = FastAPI(
+        title="vllm-service",
+        version=__version__,
+        description="A self-hosted, OpenAI-compatible LLM service.",
+        lifespan=lifespan,
+    )
+    app.state.manager = manager
+    app.state.server_config = settings.server
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(ops.router)
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_request_body_bytes)
+    return app

@@ -1,0 +1,525 @@
+"""The OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from fastapi.sse import EventSourceResponse, format_sse_event
+
+from vllm_service import __version__
+from vllm_service.api.choices import ChoiceStreams
+from vllm_service.api.errors import (
+    APIError,
+    InvalidRequest,
+    ModelNotFound,
+    error_body,
+    from_engine_error,
+)
+from vllm_service.api.protocol import (
+    UNSUPPORTED_CHAT_PARAMS,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessageOut,
+    ChoiceLogprobs,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelList,
+    ModelObject,
+    PromptTokensDetails,
+    SamplingFields,
+    TokenLogprobOut,
+    TopLogprobOut,
+    UsageInfo,
+)
+from vllm_service.config import ServerConfig
+from vllm_service.engine import EngineError, GenerationRequest, SamplingParams, TokenDelta
+from vllm_service.engine.base import ChatMessage, TokenLogprob
+from vllm_service.manager import ModelManager, ServedModel, UnknownModelError
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_FINGERPRINT = f"vllm-service-{__version__}"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request"},
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    413: {"model": ErrorResponse, "description": "Request body too large"},
+    500: {"model": ErrorResponse, "description": "Engine failure"},
+    503: {"model": ErrorResponse, "description": "Engine not ready or overloaded"},
+}
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+}
+
+
+def get_manager(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+def get_server_config(request: Request) -> ServerConfig:
+    config: ServerConfig = request.app.state.server_config
+    return config
+
+
+Manager = Annotated[ModelManager, Depends(get_manager)]
+Server = Annotated[ServerConfig, Depends(get_server_config)]
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+# -- shared request handling -----------------------------------------------------------------
+
+
+def _resolve(manager: ModelManager, model: str) -> ServedModel:
+    try:
+        return manager.resolve(model)
+    except UnknownModelError:
+        raise ModelNotFound(model) from None
+
+
+def _check_common(body: SamplingFields, server: ServerConfig) -> None:
+    if body.n > server.max_n:
+        raise InvalidRequest(
+            f"Invalid value for 'n': at most {server.max_n} choices are allowed, got {body.n}.",
+            param="n",
+            code="invalid_value",
+        )
+    if body.stream_options is not None and not body.stream:
+        raise InvalidRequest(
+            "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
+        )
+
+
+def _sampling(
+    body: SamplingFields,
+    *,
+    max_tokens: int | None,
+    logprobs: int | None,
+    choice: int,
+    json_object: bool = False,
+    json_schema: str | None = None,
+) -> SamplingParams:
+    temperature = 1.0 if body.temperature is None else body.temperature
+    seed = None if body.seed is None else body.seed + choice
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=max(0, body.top_k or 0),
+        min_p=body.min_p or 0.0,
+        seed=seed,
+        stop=body.stop_list(),
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=body.logit_bias_pairs(),
+        logprobs=logprobs,
+        json_object=json_object,
+        json_schema=json_schema,
+    )
+
+
+async def _start(
+    manager: ModelManager, served: ServedModel, requests: list[GenerationRequest]
+) -> ChoiceStreams:
+    streams = ChoiceStreams([manager.generate(served, r) for r in requests])
+    try:
+        await streams.prime()
+    except EngineError as exc:
+        raise from_engine_error(exc) from exc
+    return streams
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, cached: int) -> UsageInfo:
+    return UsageInfo(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    )
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    return format_sse_event(data_str=data if isinstance(data, str) else json.dumps(data))
+
+
+def _stream_error(exc: BaseException) -> bytes:
+    api = from_engine_error(exc) if isinstance(exc, EngineError) else None
+    if api is None:
+        logger.exception("stream failed", exc_info=exc)
+        api = APIError(500, "The server had an error while streaming the response.")
+    return _sse(error_body(api.message, api.type, api.param, api.code))
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+# -- /v1/models -------------------------------------------------------------------------------
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(manager: Manager) -> ModelList:
+    data: list[ModelObject] = []
+    for served in manager.served:
+        for card in served.engine.models():
+            for name in served.config.all_names:
+                data.append(
+                    ModelObject(
+                        id=name,
+                        created=card.created,
+                        owned_by=card.owned_by,
+                        root=served.config.name,
+                        max_model_len=card.max_model_len,
+                    )
+                )
+    return ModelList(data=data)
+
+
+# -- /v1/chat/completions ---------------------------------------------------------------------
+
+
+def _response_format(body: ChatCompletionRequest) -> tuple[bool, str | None]:
+    """(JSON mode?, JSON schema text) of a chat request."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return False, None
+    if fmt.type == "json_object":
+        return True, None
+    assert fmt.json_schema is not None
+    return False, json.dumps(fmt.json_schema.json_schema or {"type": "object"})
+
+
+def _chat_logprobs(items: list[TokenLogprob]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=lp.token,
+                logprob=lp.logprob,
+                bytes=list(lp.token_bytes),
+                top_logprobs=[
+                    TopLogprobOut(token=t.token, logprob=t.logprob, bytes=list(t.token_bytes))
+                    for t in lp.top
+                ],
+            )
+            for lp in items
+        ]
+    )
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses={**_ERRORS, **_SSE_DOC},
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest, manager: Manager, server: Server
+) -> Response | ChatCompletionResponse:
+    _check_common(body, server)
+    extra = body.model_extra or {}
+    for name in UNSUPPORTED_CHAT_PARAMS:
+        if extra.get(name) is not None:
+            raise InvalidRequest(f"'{name}' is not supported by this server.", param=name)
+    served = _resolve(manager, body.model)
+    messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
+    json_object, json_schema = _response_format(body)
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    request_id = _new_id("chatcmpl")
+    requests = [
+        GenerationRequest(
+            request_id=f"{request_id}-{i}",
+            messages=messages,
+            sampling=_sampling(
+                body,
+                max_tokens=body.completion_budget(),
+                logprobs=logprobs,
+                choice=i,
+                json_object=json_object,
+                json_schema=json_schema,
+            ),
+        )
+        for i in range(body.n)
+    ]
+    streams = await _start(manager, served, requests)
+    created = int(time.time())
+    if body.stream:
+        return EventSourceResponse(
+            _chat_stream(body, streams, request_id, created),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    texts = [""] * body.n
+    lps: list[list[TokenLogprob]] = [[] for _ in range(body.n)]
+    finals: list[TokenDelta | None] = [None] * body.n
+    try:
+        async for index, delta in streams.merged():
+            texts[index] += delta.text
+            lps[index].extend(delta.logprobs)
+            if delta.finish_reason is not None:
+                finals[index] = delta
+    except EngineError as exc:
+        raise from_engine_error(exc) from exc
+    choices = []
+    prompt_tokens = completion_tokens = cached = 0
+    for i, final in enumerate(finals):
+        assert final is not None
+        assert final.usage is not None
+        assert final.finish_reason is not None
+        prompt_tokens = final.usage.prompt_tokens
+        cached = max(cached, final.usage.cached_tokens)
+        completion_tokens += final.usage.completion_tokens
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=ChatMessageOut(content=texts[i]),
+                logprobs=_chat_logprobs(lps[i]) if body.logprobs else None,
+                finish_reason=final.finish_reason.value,
+            )
+        )
+    return ChatCompletionResponse(
+        id=request_id,
+        created=created,
+        model=body.model,
+        choices=choices,
+        usage=_usage(prompt_tokens, completion_tokens, cached),
+        system_fingerprint=SYSTEM_FINGERPRINT,
+    )
+
+
+async def _chat_stream(
+    body: ChatCompletionRequest, streams: ChoiceStreams, request_id: str, created: int
+) -> AsyncIterator[bytes]:
+    include_usage = body.include_usage
+
+    def chunk(choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> bytes:
+        data: dict[str, Any] = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": choices,
+        }
+        if include_usage:
+            data["usage"] = usage.model_dump() if usage is not None else None
+        return _sse(data)
+
+    for i in range(body.n):
+        yield chunk(
+            [
+                {
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+    prompt_tokens = completion_tokens = cached = 0
+    try:
+        async for index, delta in streams.merged():
+            logprobs = _chat_logprobs(list(delta.logprobs)).model_dump() if body.logprobs else None
+            if delta.text or delta.logprobs:
+                yield chunk(
+                    [
+                        {
+                            "index": index,
+                            "delta": {"content": delta.text},
+                            "logprobs": logprobs,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+            if delta.finish_reason is not None:
+                if delta.usage is not None:
+                    prompt_tokens = delta.usage.prompt_tokens
+                    cached = max(cached, delta.usage.cached_tokens)
+                    completion_tokens += delta.usage.completion_tokens
+                yield chunk(
+                    [
+                        {
+                            "index": index,
+                            "delta": {},
+                            "logprobs": None,
+                            "finish_reason": delta.finish_reason.value,
+                        }
+                    ]
+                )
+    except Exception as exc:
+        yield _stream_error(exc)
+        return
+    if include_usage:
+        yield chunk([], _usage(prompt_tokens, completion_tokens, cached))
+    yield _sse("[DONE]")
+
+
+# -- /v1/completions --------------------------------------------------------------------------
+
+
+def _completion_logprobs(items: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+    out = CompletionLogprobs()
+    for lp in items:
+        out.tokens.append(lp.token)
+        out.token_logprobs.append(lp.logprob)
+        out.top_logprobs.append({t.token: t.logprob for t in lp.top})
+        out.text_offset.append(offset)
+        offset += len(lp.token)
+    return out
+
+
+@router.post(
+    "/completions",
+    response_model=CompletionResponse,
+    responses={**_ERRORS, **_SSE_DOC},
+)
+async def create_completion(
+    body: CompletionRequest, manager: Manager, server: Server
+) -> Response | CompletionResponse:
+    _check_common(body, server)
+    if body.suffix:
+        raise InvalidRequest("'suffix' is not supported by this server.", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise InvalidRequest(
+            "'best_of' other than 'n' is not supported by this server.", param="best_of"
+        )
+    prompts = body.prompts()
+    if body.echo and not all(isinstance(p, str) for p in prompts):
+        raise InvalidRequest("'echo' needs text prompts, not token ids.", param="echo")
+    if len(prompts) * body.n > server.max_n:
+        raise InvalidRequest(
+            f"prompts x n may be at most {server.max_n}, got {len(prompts) * body.n}.",
+            param="n",
+        )
+    served = _resolve(manager, body.model)
+    request_id = _new_id("cmpl")
+    requests = []
+    for p_index, prompt in enumerate(prompts):
+        for i in range(body.n):
+            requests.append(
+                GenerationRequest(
+                    request_id=f"{request_id}-{p_index}-{i}",
+                    prompt=prompt if isinstance(prompt, str) else None,
+                    prompt_token_ids=None if isinstance(prompt, str) else tuple(prompt),
+                    sampling=_sampling(
+                        body,
+                        max_tokens=body.max_tokens,
+                        logprobs=body.logprobs,
+                        choice=i,
+                    ),
+                )
+            )
+    streams = await _start(manager, served, requests)
+    created = int(time.time())
+    echo = [str(prompts[k // body.n]) if body.echo else "" for k in range(len(requests))]
+    if body.stream:
+        return EventSourceResponse(
+            _completion_stream(body, streams, request_id, created, echo, body.n),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    texts = list(echo)
+    lps: list[list[TokenLogprob]] = [[] for _ in requests]
+    finals: list[TokenDelta | None] = [None] * len(requests)
+    try:
+        async for index, delta in streams.merged():
+            texts[index] += delta.text
+            lps[index].extend(delta.logprobs)
+            if delta.finish_reason is not None:
+                finals[index] = delta
+    except EngineError as exc:
+        raise from_engine_error(exc) from exc
+    choices = []
+    prompt_tokens = completion_tokens = 0
+    for k, final in enumerate(finals):
+        assert final is not None
+        assert final.usage is not None
+        assert final.finish_reason is not None
+        if k % body.n == 0:
+            prompt_tokens += final.usage.prompt_tokens
+        completion_tokens += final.usage.completion_tokens
+        choices.append(
+            CompletionChoice(
+                index=k,
+                text=texts[k],
+                logprobs=(
+                    _completion_logprobs(lps[k], len(echo[k]))
+                    if body.logprobs is not None
+                    else None
+                ),
+                finish_reason=final.finish_reason.value,
+            )
+        )
+    return CompletionResponse(
+        id=request_id,
+        created=created,
+        model=body.model,
+        choices=choices,
+        usage=_usage(prompt_tokens, completion_tokens, 0),
+        system_fingerprint=SYSTEM_FINGERPRINT,
+    )
+
+
+async def _completion_stream(
+    body: CompletionRequest,
+    streams: ChoiceStreams,
+    request_id: str,
+    created: int,
+    echo: list[str],
+    n: int,
+) -> AsyncIterator[bytes]:
+    include_usage = body.include_usage
+    offsets = [len(e) for e in echo]
+
+    def chunk(choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> bytes:
+        data: dict[str, Any] = {
+            "id": request_id,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": choices,
+        }
+        if include_usage:
+            data["usage"] = usage.model_dump() if usage is not None else None
+        return _sse(data)
+
+    for k, text in enumerate(echo):
+        if text:
+            yield chunk([{"index": k, "text": text, "logprobs": None, "finish_reason": None}])
+    prompt_tokens = completion_tokens = 0
+    try:
+        async for index, delta in streams.merged():
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = _completion_logprobs(list(delta.logprobs), offsets[index]).model_dump()
+            offsets[index] += len(delta.text)
+            finish = delta.finish_reason.value if delta.finish_reason is not None else None
+            if delta.usage is not None:
+                if index % n == 0:
+                    prompt_tokens += delta.usage.prompt_tokens
+                completion_tokens += delta.usage.completion_tokens
+            yield chunk(
+                [
+                    {
+                        "index": index,
+                        "text": delta.text,
+                        "logprobs": logprobs,
+                        "finish_reason": finish,
+                    }
+                ]
+            )
+    except Exception as exc:
+        yield _stream_error(exc)
+        return
+    if include_usage:
+        yield chunk([], _usage(prompt_tokens, completion_tokens, 0))
+    yield _sse("[DONE]")
