@@ -108,14 +108,34 @@ def _json(exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "function-after"})
+
+
 def _param_of(loc: Sequence[int | str]) -> str | None:
-    parts = [str(p) for p in loc if p != "body"]
-    # Pydantic names union members in the location (e.g. 'str', 'list[...]'); drop them.
-    parts = [p for p in parts if not any(ch in p for ch in "[]") and p not in ("str", "int")]
+    # Pydantic names union members in the location ('str', 'list[str]', 'constrained-str');
+    # a client only wants the path of fields and list indexes.
+    parts = [
+        str(p)
+        for p in loc
+        if p != "body"
+        and (isinstance(p, int) or (str(p).isidentifier() and str(p) not in _UNION_TAGS))
+    ]
     return ".".join(parts) or None
 
 
-def _validation_error(exc: RequestValidationError) -> APIError:
+def _is_json(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _validation_error(exc: RequestValidationError, request: Request) -> APIError:
+    if request.method == "POST" and not _is_json(request):
+        shown = request.headers.get("content-type") or "none"
+        return InvalidRequest(
+            f"Unsupported Content-Type '{shown}': send the body as application/json.",
+            code="invalid_content_type",
+        )
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":
@@ -151,7 +171,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _json(_validation_error(exc))
+        return _json(_validation_error(exc, request))
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -86,6 +86,7 @@ class SamplerChain:
         if params.presence_penalty or params.frequency_penalty:
             self._add(
                 llama_cpp.llama_sampler_init_penalties(
+                    model.n_vocab,
                     penalty_window, 1.0, params.frequency_penalty, params.presence_penalty
                 )
             )

@@ -105,9 +105,10 @@ class Scheduler:
         params.n_seq_max = max_num_seqs
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        # One KV buffer shared by all sequences: any sequence may grow to the whole context,
-        # and (later) a shared prompt prefix can be referenced instead of copied.
-        params.kv_unified = True
+        # One KV stream per sequence (kv_cells / max_num_seqs cells each). Measured here: with
+        # a unified buffer a sequence's greedy output changes with what runs beside it; with
+        # per-sequence streams it is the same alone and in a batch of 16.
+        params.kv_unified = False
         params.no_perf = True
         self._ctx: Any = llama_cpp.llama_init_from_model(model.handle, params)
         if not self._ctx:

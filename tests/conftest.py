@@ -1,0 +1,127 @@
+"""Fixtures shared by all tests: a real `vllm-service serve` process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+import yaml
+
+READY_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_command() -> list[str]:
+    """The console script a user runs; falls back to the module when not on PATH."""
+    exe = shutil.which("vllm-service")
+    return [exe] if exe else [sys.executable, "-m", "vllm_service"]
+
+
+@dataclass
+class Service:
+    """A running service process and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0)
+
+    def async_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0
+        )
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited early:\n{self.log()}")
+            try:
+                if httpx2.get(f"{self.base_url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"service not ready after {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_service(
+    tmp_dir: Path, config: dict[str, object] | None = None, extra_args: list[str] | None = None
+) -> Service:
+    port = free_port()
+    args = [*service_command(), "serve", "--port", str(port)]
+    if config is not None:
+        config_path = tmp_dir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        args += ["--config", str(config_path)]
+    args += extra_args or []
+    log_path = tmp_dir / "service.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SERVICE_")}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    service = Service(process=process, port=port, log_path=log_path)
+    try:
+        service.wait_ready()
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+MODEL = "smollm2-135m-instruct"
+ALIAS = "gpt-3.5-turbo"
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The service on the bundled model, with an OpenAI model name as alias."""
+    config = {
+        "models": [
+            {
+                "name": MODEL,
+                "aliases": [ALIAS],
+                "options": {"model": "smollm2", "max_model_len": 1024, "max_num_seqs": 16},
+            }
+        ]
+    }
+    svc = start_service(tmp_path_factory.mktemp("service"), config)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def client(service: Service) -> openai.OpenAI:
+    return service.client()
