@@ -51,9 +51,7 @@ class Service:
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0)
 
     def async_client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0
-        )
+        return openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout

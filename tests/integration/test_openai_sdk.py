@@ -55,9 +55,7 @@ def test_max_tokens_ends_with_length(client: openai.OpenAI) -> None:
 
 
 def test_chat_stream_matches_non_stream(client: openai.OpenAI) -> None:
-    full = client.chat.completions.create(
-        model=MODEL, messages=CHAT, max_tokens=24, temperature=0
-    )
+    full = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=24, temperature=0)
     stream = client.chat.completions.create(
         model=MODEL,
         messages=CHAT,
@@ -161,9 +159,11 @@ def test_seed_reproduces_sampled_output(client: openai.OpenAI) -> None:
 
 
 def test_stop_string_ends_output_and_is_not_included(client: openai.OpenAI) -> None:
-    base = client.chat.completions.create(
-        model=MODEL, messages=CHAT, max_tokens=30, temperature=0
-    ).choices[0].message.content
+    base = (
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=30, temperature=0)
+        .choices[0]
+        .message.content
+    )
     assert base is not None
     words = base.split()
     assert len(words) > 3

@@ -1,0 +1,117 @@
+"""Concurrent requests: each gets its own stream, correct usage, and disconnects free the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx2
+import pytest
+
+from tests.conftest import MODEL, Service
+
+pytestmark = pytest.mark.integration
+
+TOPICS = [
+    "the sea",
+    "a mountain",
+    "bread",
+    "the moon",
+    "a violin",
+    "winter",
+    "a library",
+    "coffee",
+    "a bicycle",
+    "rain",
+    "chess",
+    "a lighthouse",
+    "honey",
+    "a volcano",
+    "trains",
+    "gardens",
+]
+
+
+async def _stream(service: Service, topic: str, max_tokens: int) -> tuple[str, int, int]:
+    client = service.async_client()
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": f"Write two sentences about {topic}."}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, content_chunks, completion_tokens = "", 0, -1
+    async for chunk in stream:
+        if chunk.usage is not None:
+            completion_tokens = chunk.usage.completion_tokens
+        for choice in chunk.choices:
+            if choice.delta.content:
+                text += choice.delta.content
+                content_chunks += 1
+    await client.close()
+    return text, content_chunks, completion_tokens
+
+
+def test_sixteen_concurrent_streams_match_their_solo_runs(service: Service) -> None:
+    async def main() -> None:
+        solo = [await _stream(service, topic, 32) for topic in TOPICS[:4]]
+        together = await asyncio.gather(*(_stream(service, t, 32) for t in TOPICS))
+        for (text, _, tokens), (alone_text, _, alone_tokens) in zip(
+            together[:4], solo, strict=True
+        ):
+            # Greedy output does not depend on what else is in the batch.
+            assert text == alone_text
+            assert tokens == alone_tokens
+        seen = set()
+        for text, chunks, tokens in together:
+            assert text
+            assert 0 < tokens <= 32
+            # One token per chunk, at most: the final EOS token carries no text.
+            assert chunks <= tokens
+            seen.add(text)
+        assert len(seen) == len(TOPICS)
+
+    asyncio.run(main())
+
+
+def _engine_detail(service: Service) -> dict[str, int]:
+    body = httpx2.get(f"{service.base_url}/health", timeout=10).json()
+    detail: dict[str, int] = body["engines"][MODEL]
+    return detail
+
+
+def test_client_disconnect_stops_generation(service: Service) -> None:
+    async def main() -> None:
+        client = service.async_client()
+        stream = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Write a very long essay about oceans."}],
+            max_tokens=900,
+            temperature=0,
+            stream=True,
+        )
+        received = 0
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received += 1
+            if received >= 5:
+                break
+        assert _engine_detail(service)["running"] == 1
+        await stream.close()
+        await client.close()
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 10
+    while _engine_detail(service)["running"] != 0:
+        assert time.monotonic() < deadline, "the aborted sequence still runs"
+        time.sleep(0.05)
+    detail = _engine_detail(service)
+    assert detail["kv_cells_used"] == 0
+    r = httpx2.post(
+        f"{service.base_url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        timeout=30,
+    )
+    assert r.status_code == 200

@@ -1,0 +1,136 @@
+"""Bad input gets an OpenAI error body with OpenAI's status, and the service stays healthy."""
+
+from __future__ import annotations
+
+import json
+
+import httpx2
+import pytest
+
+from tests.conftest import MODEL, Service
+
+pytestmark = pytest.mark.integration
+
+OK_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def chat(**fields: object) -> dict[str, object]:
+    return {"model": MODEL, "messages": OK_MESSAGES, "max_tokens": 2, **fields}
+
+
+CASES = {
+    "malformed_json": (b'{"model": "x", "messages": [', "application/json", 400),
+    "non_object_body": (b"[1, 2, 3]", "application/json", 400),
+    "wrong_content_type": (json.dumps(chat()).encode(), "text/plain", 400),
+    "missing_messages": (json.dumps({"model": MODEL}).encode(), "application/json", 400),
+    "empty_messages": (json.dumps(chat(messages=[])).encode(), "application/json", 400),
+    "bad_role": (
+        json.dumps(chat(messages=[{"role": "wizard", "content": "hi"}])).encode(),
+        "application/json",
+        400,
+    ),
+    "nul_byte": (
+        json.dumps(chat(messages=[{"role": "user", "content": "a\u0000b"}])).encode(),
+        "application/json",
+        400,
+    ),
+    "wrong_type": (
+        json.dumps(chat(messages=[{"role": "user", "content": 42}])).encode(),
+        "application/json",
+        400,
+    ),
+    "temperature_5": (json.dumps(chat(temperature=5)).encode(), "application/json", 400),
+    "negative_max_tokens": (json.dumps(chat(max_tokens=-1)).encode(), "application/json", 400),
+    "n_zero": (json.dumps(chat(n=0)).encode(), "application/json", 400),
+    "bad_logit_bias_key": (
+        json.dumps(chat(logit_bias={"abc": 1})).encode(),
+        "application/json",
+        400,
+    ),
+    "logit_bias_out_of_range": (
+        json.dumps(chat(logit_bias={"5": 500})).encode(),
+        "application/json",
+        400,
+    ),
+    "logit_bias_unknown_token": (
+        json.dumps(chat(logit_bias={"99999999": 1})).encode(),
+        "application/json",
+        400,
+    ),
+    "stop_wrong_type": (json.dumps(chat(stop=5)).encode(), "application/json", 400),
+    "too_many_stops": (
+        json.dumps(chat(stop=["a", "b", "c", "d", "e"])).encode(),
+        "application/json",
+        400,
+    ),
+    "empty_stop": (json.dumps(chat(stop="")).encode(), "application/json", 400),
+    "unsupported_tools": (
+        json.dumps(chat(tools=[{"type": "function", "function": {"name": "f"}}])).encode(),
+        "application/json",
+        400,
+    ),
+    "unknown_model": (json.dumps(chat(model="no-such-model")).encode(), "application/json", 404),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_chat_request(service: Service, case: str) -> None:
+    body, content_type, status = CASES[case]
+    r = httpx2.post(
+        f"{service.base_url}/v1/chat/completions",
+        content=body,
+        headers={"content-type": content_type},
+        timeout=30,
+    )
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["message"]
+    if case == "unknown_model":
+        assert error["code"] == "model_not_found"
+    health = httpx2.get(f"{service.base_url}/health", timeout=10)
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+
+
+def test_context_length_names_both_numbers(service: Service) -> None:
+    r = httpx2.post(
+        f"{service.base_url}/v1/chat/completions",
+        json=chat(max_tokens=5000),
+        timeout=30,
+    )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert "1024" in error["message"]
+    assert "5000" in error["message"]
+
+
+def test_huge_prompt_is_a_context_error_not_a_crash(service: Service) -> None:
+    r = httpx2.post(
+        f"{service.base_url}/v1/completions",
+        json={"model": MODEL, "prompt": "word " * 100_000, "max_tokens": 4},
+        timeout=60,
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_body_over_the_limit_is_413(service: Service) -> None:
+    big = {"model": MODEL, "prompt": "a" * (5 * 1024 * 1024), "max_tokens": 1}
+    r = httpx2.post(f"{service.base_url}/v1/completions", json=big, timeout=60)
+    assert r.status_code == 413
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_route_is_openai_shaped(service: Service) -> None:
+    r = httpx2.get(f"{service.base_url}/v1/nothing-here", timeout=10)
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_served_after_every_error(service: Service) -> None:
+    r = httpx2.post(f"{service.base_url}/v1/chat/completions", json=chat(), timeout=60)
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["message"]["content"] is not None
