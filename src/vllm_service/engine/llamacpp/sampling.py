@@ -87,7 +87,10 @@ class SamplerChain:
             self._add(
                 llama_cpp.llama_sampler_init_penalties(
                     model.n_vocab,
-                    penalty_window, 1.0, params.frequency_penalty, params.presence_penalty
+                    penalty_window,
+                    1.0,
+                    params.frequency_penalty,
+                    params.presence_penalty,
                 )
             )
         if params.temperature <= 0.0:

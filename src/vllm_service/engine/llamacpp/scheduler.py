@@ -190,13 +190,13 @@ class Scheduler:
                 self._waiting.extend(self._incoming)
                 self._incoming.clear()
                 pending = []
-        if pending:
-            error = EngineError("the engine is shutting down")
-            for seq in pending:
-                self._release(seq)
-                self._send(seq, error)
-            return False
-        return True
+        if not self._stopping:
+            return True
+        error = EngineError("the engine is shutting down")
+        for seq in pending:
+            self._release(seq)
+            self._send(seq, error)
+        return False
 
     def _fail_all(self, error: EngineError) -> None:
         with self._wakeup:

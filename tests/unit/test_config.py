@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from vllm_service.config import DEFAULT_PORT, ConfigError, load_settings
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
+
+
+def test_defaults_serve_the_bundled_model() -> None:
+    settings = load_settings()
+    assert settings.server.port == DEFAULT_PORT
+    assert settings.models[0].options.model == "smollm2"
+    assert settings.models[0].options.max_num_seqs >= 16
+
+
+def test_example_config_loads() -> None:
+    settings = load_settings(EXAMPLE)
+    assert "gpt-3.5-turbo" in settings.models[0].aliases
+
+
+def test_env_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_SERVICE_SERVER__PORT", "9123")
+    assert load_settings(EXAMPLE).server.port == 9123
+
+
+def test_bad_value_names_the_key_path(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("models:\n  - name: m\n    options:\n      max_model_len: 3\n")
+    with pytest.raises(ConfigError, match=r"models\.0\.options\.max_model_len"):
+        load_settings(bad)
+
+
+def test_misspelt_key_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("server:\n  prot: 80\n")
+    with pytest.raises(ConfigError, match=r"server\.prot"):
+        load_settings(bad)
+
+
+def test_duplicate_alias_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("models:\n  - name: a\n    aliases: [x]\n  - name: b\n    aliases: [x]\n")
+    with pytest.raises(ConfigError, match="used twice"):
+        load_settings(bad)
+
+
+def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(listed)

@@ -1,0 +1,32 @@
+import pytest
+
+from vllm_service.config import LlamaCppOptions
+from vllm_service.engine.llamacpp import device
+from vllm_service.engine.llamacpp.device import ALL_LAYERS, DeviceError, choose_device, place
+
+
+def test_auto_without_gpu_build_is_cpu() -> None:
+    assert choose_device("auto", gpu_offload_supported=False) == "cpu"
+
+
+def test_auto_prefers_cuda_off_apple(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "is_apple_silicon", lambda: False)
+    assert choose_device("auto", gpu_offload_supported=True) == "cuda"
+
+
+def test_auto_on_apple_silicon_is_mps_with_all_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "is_apple_silicon", lambda: True)
+    placement = place(LlamaCppOptions(), gpu_offload_supported=True)
+    assert placement.device == "mps"
+    assert placement.n_gpu_layers == ALL_LAYERS
+
+
+def test_explicit_gpu_without_backend_fails_with_advice() -> None:
+    with pytest.raises(DeviceError, match="GGML_CUDA"):
+        choose_device("cuda", gpu_offload_supported=False)
+
+
+def test_cpu_never_offloads() -> None:
+    placement = place(LlamaCppOptions(device="cpu", n_gpu_layers=10), gpu_offload_supported=True)
+    assert placement.n_gpu_layers == 0
+    assert placement.n_threads >= 1
