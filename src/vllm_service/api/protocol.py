@@ -212,9 +212,16 @@ class CompletionRequest(SamplingFields):
         p = self.prompt
         if isinstance(p, str):
             return [p]
-        if all(isinstance(x, int) for x in p):
-            return [[int(x) for x in p]]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+        out: list[str | list[int]] = []
+        ids: list[int] = []
+        for item in p:
+            if isinstance(item, int):
+                ids.append(item)
+            elif isinstance(item, str):
+                out.append(item)
+            else:
+                out.append(list(item))
+        return [ids] if ids else out
 
 
 # -- responses ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Role = Literal["system", "developer", "user", "assistant"]
+EngineState = Literal["starting", "ready", "stopping", "failed"]
 
 
 class FinishReason(enum.StrEnum):
@@ -103,7 +104,7 @@ class TokenDelta:
 
 @dataclass(frozen=True, slots=True)
 class EngineHealth:
-    state: Literal["starting", "ready", "stopping", "failed"]
+    state: EngineState
     device: str
     detail: dict[str, int | float | str] = field(default_factory=dict)
 

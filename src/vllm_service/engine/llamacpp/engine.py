@@ -11,6 +11,7 @@ from vllm_service.config import LlamaCppOptions
 from vllm_service.engine.base import (
     ContextLengthExceededError,
     EngineHealth,
+    EngineState,
     EngineUnavailableError,
     GenerationRequest,
     InvalidRequestError,
@@ -40,7 +41,7 @@ class LlamaCppEngine:
         self._model: LlamaModel | None = None
         self._scheduler: Scheduler | None = None
         self._template: ChatTemplate | None = None
-        self._state: str = "starting"
+        self._state: EngineState = "starting"
         self._created = int(time.time())
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -110,9 +111,8 @@ class LlamaCppEngine:
                 kv_cells_used=stats.kv_cells_used,
                 kv_cells_total=stats.kv_cells_total,
             )
-        state = self._state
         return EngineHealth(
-            state=state if state in ("starting", "ready", "stopping", "failed") else "failed",  # type: ignore[arg-type]
+            state=self._state,
             device=self.placement.device,
             detail=detail,
         )

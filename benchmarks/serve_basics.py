@@ -1,0 +1,114 @@
+"""Start `vllm-service serve` and print: time to ready, output tokens/s (concurrency 1 and 16),
+and the server's peak RSS. Prints numbers; asserts nothing.
+
+    python benchmarks/serve_basics.py [--runs 5] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import openai
+
+MODEL = "smollm2-135m-instruct"
+PROMPT = (
+    "Explain in a few sentences why the sky looks blue during the day and red at sunset, "
+    "mentioning how sunlight is scattered by the molecules of the atmosphere, which colours "
+    "scatter most, and why the path of light through the air is longer in the evening."
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def one(client: openai.AsyncOpenAI, max_tokens: int) -> tuple[int, float, float]:
+    start = time.perf_counter()
+    first = None
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=max_tokens,
+        temperature=0.8,
+        seed=1,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    tokens = 0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content and first is None:
+            first = time.perf_counter()
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    end = time.perf_counter()
+    return tokens, (first or end) - start, end - start
+
+
+async def measure(port: int, runs: int, max_tokens: int) -> None:
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
+    await one(client, 8)  # warm-up
+    for concurrency in (1, 16):
+        rates, ttfts = [], []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(one(client, max_tokens) for _ in range(concurrency)))
+            wall = time.perf_counter() - t0
+            rates.append(sum(r[0] for r in results) / wall)
+            ttfts.extend(r[1] for r in results)
+        print(
+            f"concurrency {concurrency:2d}: output tok/s median {statistics.median(rates):6.1f} "
+            f"(min {min(rates):.1f}, max {max(rates):.1f}, {runs} runs); "
+            f"TTFT p50 {statistics.median(ttfts) * 1000:.0f} ms"
+        )
+    await client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args()
+    port = free_port()
+    exe = shutil.which("vllm-service") or sys.exit("vllm-service is not installed")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [exe, "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.02)
+        print(f"serve -> ready: {time.perf_counter() - t0:.2f} s")
+        asyncio.run(measure(port, args.runs, args.max_tokens))
+        print(f"server peak RSS: {peak_rss_mib(proc.pid):.0f} MiB")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
