@@ -83,6 +83,8 @@ def _engine_detail(service: Service) -> dict[str, int]:
 
 
 def test_client_disconnect_stops_generation(service: Service) -> None:
+    aborted_before = _engine_detail(service)["aborted_sequences"]
+
     async def main() -> None:
         client = service.async_client()
         stream = await client.chat.completions.create(
@@ -108,6 +110,8 @@ def test_client_disconnect_stops_generation(service: Service) -> None:
         assert time.monotonic() < deadline, "the aborted sequence still runs"
         time.sleep(0.05)
     detail = _engine_detail(service)
+    # Stopped by the disconnect, not by running out its 900 tokens.
+    assert detail["aborted_sequences"] == aborted_before + 1
     assert detail["kv_cells_used"] == 0
     r = httpx2.post(
         f"{service.base_url}/v1/chat/completions",

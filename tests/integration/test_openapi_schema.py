@@ -26,7 +26,7 @@ def small_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]
         "models": [
             {
                 "name": MODEL,
-                "options": {"max_model_len": 96, "max_num_seqs": 4, "max_num_batched_tokens": 64},
+                "options": {"max_model_len": 128, "max_num_seqs": 4, "max_num_batched_tokens": 64},
             }
         ],
     }
@@ -54,7 +54,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(small_service: S
             "--phases",
             "coverage,fuzzing",
             "--max-examples",
-            "25",
+            "60",
             "--request-timeout",
             "60",
             "--generation-deterministic",

@@ -110,6 +110,7 @@ class LlamaCppEngine:
                 waiting=stats.waiting,
                 kv_cells_used=stats.kv_cells_used,
                 kv_cells_total=stats.kv_cells_total,
+                aborted_sequences=stats.aborted,
             )
         return EngineHealth(
             state=self._state,

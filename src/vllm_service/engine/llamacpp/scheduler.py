@@ -81,6 +81,7 @@ class SchedulerStats:
     kv_cells_total: int
     steps: int
     preemptions: int
+    aborted: int
 
 
 class Scheduler:
@@ -125,6 +126,7 @@ class Scheduler:
         self._stopping = False
         self._steps = 0
         self._preemptions = 0
+        self._aborted = 0
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
 
     # -- called from the event loop ---------------------------------------------------------
@@ -156,6 +158,7 @@ class Scheduler:
             kv_cells_total=self.kv_cells,
             steps=self._steps,
             preemptions=self._preemptions,
+            aborted=self._aborted,
         )
 
     def stop(self) -> None:
@@ -232,9 +235,14 @@ class Scheduler:
         for seq in [s for s in self._running if s.aborted]:
             self._running.remove(seq)
             self._release(seq)
+            self._aborted += 1
         if any(s.aborted for s in self._waiting):
             with self._lock:
+                dropped = [s for s in self._waiting if s.aborted]
                 self._waiting = collections.deque(s for s in self._waiting if not s.aborted)
+            for seq in dropped:
+                seq.sampler.free()
+                self._aborted += 1
 
     def _admit(self) -> None:
         with self._lock:
