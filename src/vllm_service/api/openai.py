@@ -166,6 +166,46 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+class _ChunkEncoder:
+    """Encodes one streamed response's chunks as SSE events, OpenAI's shape."""
+
+    def __init__(
+        self, request_id: str, obj: str, created: int, model: str, include_usage: bool
+    ) -> None:
+        self._head = {"id": request_id, "object": obj, "created": created, "model": model}
+        self._include_usage = include_usage
+
+    def __call__(self, choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> bytes:
+        data: dict[str, Any] = {
+            **self._head,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": choices,
+        }
+        if self._include_usage:
+            data["usage"] = usage.model_dump() if usage is not None else None
+        return _sse(data)
+
+
+async def _collect(
+    streams: ChoiceStreams, texts: list[str]
+) -> tuple[list[str], list[list[TokenLogprob]], list[TokenDelta]]:
+    """Run every choice to its end: text (after ``texts``' prefixes), logprobs, final delta."""
+    lps: list[list[TokenLogprob]] = [[] for _ in texts]
+    finals: list[TokenDelta | None] = [None] * len(texts)
+    try:
+        async for index, delta in streams.merged():
+            texts[index] += delta.text
+            lps[index].extend(delta.logprobs)
+            if delta.finish_reason is not None:
+                finals[index] = delta
+    except EngineError as exc:
+        raise from_engine_error(exc) from exc
+    done = [f for f in finals if f is not None]
+    if len(done) != len(finals):
+        raise APIError(500, "A choice ended without a finish reason.")
+    return texts, lps, done
+
+
 # -- /v1/models -------------------------------------------------------------------------------
 
 
@@ -258,21 +298,10 @@ async def create_chat_completion(
             _chat_stream(body, streams, request_id, created),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    texts = [""] * body.n
-    lps: list[list[TokenLogprob]] = [[] for _ in range(body.n)]
-    finals: list[TokenDelta | None] = [None] * body.n
-    try:
-        async for index, delta in streams.merged():
-            texts[index] += delta.text
-            lps[index].extend(delta.logprobs)
-            if delta.finish_reason is not None:
-                finals[index] = delta
-    except EngineError as exc:
-        raise from_engine_error(exc) from exc
+    texts, lps, finals = await _collect(streams, [""] * body.n)
     choices = []
     prompt_tokens = completion_tokens = cached = 0
     for i, final in enumerate(finals):
-        assert final is not None
         assert final.usage is not None
         assert final.finish_reason is not None
         prompt_tokens = final.usage.prompt_tokens
@@ -301,18 +330,7 @@ async def _chat_stream(
 ) -> AsyncIterator[bytes]:
     include_usage = body.include_usage
 
-    def chunk(choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> bytes:
-        data: dict[str, Any] = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": body.model,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": choices,
-        }
-        if include_usage:
-            data["usage"] = usage.model_dump() if usage is not None else None
-        return _sse(data)
+    chunk = _ChunkEncoder(request_id, "chat.completion.chunk", created, body.model, include_usage)
 
     for i in range(body.n):
         yield chunk(
@@ -426,21 +444,10 @@ async def create_completion(
             _completion_stream(body, streams, request_id, created, echo, body.n),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    texts = list(echo)
-    lps: list[list[TokenLogprob]] = [[] for _ in requests]
-    finals: list[TokenDelta | None] = [None] * len(requests)
-    try:
-        async for index, delta in streams.merged():
-            texts[index] += delta.text
-            lps[index].extend(delta.logprobs)
-            if delta.finish_reason is not None:
-                finals[index] = delta
-    except EngineError as exc:
-        raise from_engine_error(exc) from exc
+    texts, lps, finals = await _collect(streams, list(echo))
     choices = []
     prompt_tokens = completion_tokens = 0
     for k, final in enumerate(finals):
-        assert final is not None
         assert final.usage is not None
         assert final.finish_reason is not None
         if k % body.n == 0:
@@ -479,18 +486,7 @@ async def _completion_stream(
     include_usage = body.include_usage
     offsets = [len(e) for e in echo]
 
-    def chunk(choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> bytes:
-        data: dict[str, Any] = {
-            "id": request_id,
-            "object": "text_completion",
-            "created": created,
-            "model": body.model,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": choices,
-        }
-        if include_usage:
-            data["usage"] = usage.model_dump() if usage is not None else None
-        return _sse(data)
+    chunk = _ChunkEncoder(request_id, "text_completion", created, body.model, include_usage)
 
     for k, text in enumerate(echo):
         if text:
