@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -23,7 +24,10 @@ def test_serve_with_no_options_answers_ready(tmp_path: Path) -> None:
         assert health["device"] == "cpu"
     finally:
         svc.stop()
-    assert svc.process.returncode is not None
+    # SIGTERM shuts it down cleanly (uvicorn re-raises the signal once it has finished),
+    # not through the fixture's SIGKILL fallback.
+    assert svc.process.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in svc.log()
     assert "Traceback" not in svc.log()
 
 
