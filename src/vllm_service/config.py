@@ -22,6 +22,7 @@ BUNDLED_MODEL = "smollm2"
 DEFAULT_MAX_MODEL_LEN = 2048
 DEFAULT_MAX_NUM_SEQS = 16
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
+DEFAULT_MAX_WAITING_SEQS = 256
 DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -70,6 +71,11 @@ class LlamaCppOptions(_Strict):
     )
     chat_template: str | None = Field(
         default=None, description="Jinja chat template; unset = the one in the GGUF metadata."
+    )
+    max_waiting_seqs: int = Field(
+        default=DEFAULT_MAX_WAITING_SEQS,
+        ge=0,
+        description="Sequences that may wait for a slot; beyond that, 503 with Retry-After.",
     )
 
     @model_validator(mode="after")

@@ -134,3 +134,49 @@ def test_served_after_every_error(service: Service) -> None:
     r = httpx2.post(f"{service.base_url}/v1/chat/completions", json=chat(), timeout=60)
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["content"] is not None
+
+
+def test_full_waiting_queue_answers_503_with_retry_after(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import asyncio
+
+    from tests.conftest import start_service
+
+    config = {
+        "models": [
+            {
+                "name": MODEL,
+                "options": {"max_model_len": 512, "max_num_seqs": 1, "max_waiting_seqs": 1},
+            }
+        ]
+    }
+    svc = start_service(tmp_path_factory.mktemp("queue"), config)
+    try:
+
+        async def main() -> list[httpx2.Response]:
+            async with httpx2.AsyncClient(base_url=svc.base_url, timeout=120) as http:
+                body = {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "Write a long story."}],
+                    "max_tokens": 300,
+                    "temperature": 0,
+                }
+                return await asyncio.gather(
+                    *(http.post("/v1/chat/completions", json=body) for _ in range(4))
+                )
+
+        responses = asyncio.run(main())
+        statuses = sorted(r.status_code for r in responses)
+        # One runs, one waits, the rest are refused at once.
+        assert statuses == [200, 200, 503, 503]
+        for r in responses:
+            if r.status_code == 503:
+                assert r.headers["retry-after"] == "1"
+                assert r.json()["error"]["type"] == "service_unavailable_error"
+        health = httpx2.get(f"{svc.base_url}/health", timeout=10)
+        assert health.json()["status"] == "ok"
+        after = httpx2.post(f"{svc.base_url}/v1/chat/completions", json=chat(), timeout=60)
+        assert after.status_code == 200
+    finally:
+        svc.stop()

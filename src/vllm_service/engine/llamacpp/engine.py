@@ -69,6 +69,7 @@ class LlamaCppEngine:
             max_num_seqs=self.options.max_num_seqs,
             max_num_batched_tokens=self.options.max_num_batched_tokens,
             kv_cells=self.options.max_model_len * self.options.max_num_seqs,
+            max_waiting_seqs=self.options.max_waiting_seqs,
         )
         scheduler.start()
         self._scheduler = scheduler

@@ -24,6 +24,7 @@ import llama_cpp
 
 from vllm_service.engine.base import (
     EngineError,
+    EngineUnavailableError,
     FinishReason,
     SamplingParams,
     TokenDelta,
@@ -95,10 +96,12 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         kv_cells: int,
+        max_waiting_seqs: int,
     ) -> None:
         self._model = model
         self._max_num_seqs = max_num_seqs
         self._budget = max_num_batched_tokens
+        self._max_waiting = max_waiting_seqs
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = kv_cells
         params.n_batch = max_num_batched_tokens
@@ -135,9 +138,18 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, seq: Sequence) -> None:
+        """Queue a sequence; refuses at once when the waiting queue is full."""
         with self._wakeup:
             if self._stopping:
                 raise EngineError("the engine is shutting down")
+            # Sequences that will wait: those queued beyond the slots free right now.
+            queued = len(self._incoming) + len(self._waiting)
+            if queued - len(self._free_ids) >= self._max_waiting:
+                raise EngineUnavailableError(
+                    f"The engine is overloaded: {queued} requests are already waiting. "
+                    "Retry shortly.",
+                    retry_after=1.0,
+                )
             self._incoming.append(seq)
             self._wakeup.notify()
 
