@@ -218,33 +218,24 @@ class BodySizeLimit:
                     await self._reject(send)
                     return
         received = 0
-        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal received, rejected
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    rejected = True
                     raise _BodyTooLarge(self.max_bytes)
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except _BodyTooLarge:
-            if rejected:
-                await self._reject(send)
+            await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        response = JSONResponse(
-            error_body(
-                f"Request body too large: the limit is {self.max_bytes} bytes.",
-                "invalid_request_error",
-                code="request_too_large",
-            ),
-            status_code=413,
-        )
+        exc = _BodyTooLarge(self.max_bytes)
+        response = _json(APIError(413, exc.detail, code="request_too_large"))
         await response({"type": "http"}, _no_receive, send)
 
 

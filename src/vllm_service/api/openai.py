@@ -133,11 +133,10 @@ def _sampling(
 async def _start(
     manager: ModelManager, served: ServedModel, requests: list[GenerationRequest]
 ) -> ChoiceStreams:
+    # An engine refusal raised here becomes an OpenAI error body in the app's EngineError
+    # handler, before any byte of the response is sent.
     streams = ChoiceStreams([manager.generate(served, r) for r in requests])
-    try:
-        await streams.prime()
-    except EngineError as exc:
-        raise from_engine_error(exc) from exc
+    await streams.prime()
     return streams
 
 
@@ -192,14 +191,11 @@ async def _collect(
     """Run every choice to its end: text (after ``texts``' prefixes), logprobs, final delta."""
     lps: list[list[TokenLogprob]] = [[] for _ in texts]
     finals: list[TokenDelta | None] = [None] * len(texts)
-    try:
-        async for index, delta in streams.merged():
-            texts[index] += delta.text
-            lps[index].extend(delta.logprobs)
-            if delta.finish_reason is not None:
-                finals[index] = delta
-    except EngineError as exc:
-        raise from_engine_error(exc) from exc
+    async for index, delta in streams.merged():
+        texts[index] += delta.text
+        lps[index].extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            finals[index] = delta
     done = [f for f in finals if f is not None]
     if len(done) != len(finals):
         raise APIError(500, "A choice ended without a finish reason.")

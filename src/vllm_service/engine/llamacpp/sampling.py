@@ -19,8 +19,8 @@ _RANDOM_SEED = 0xFFFFFFFF
 
 def grammar_for_json_object() -> str:
     """GBNF accepting any JSON object (``response_format: json_object``)."""
-    # llama.cpp's JSON grammar accepts any value; OpenAI's JSON mode promises an object.
-    return JSON_GBNF.replace("root   ::= object", "root ::= object", 1)
+    # llama.cpp's JSON grammar is rooted at 'object', as OpenAI's JSON mode promises.
+    return str(JSON_GBNF)
 
 
 def grammar_for_json_schema(schema: str) -> str:
@@ -129,13 +129,10 @@ def token_logprob(
     if n_top > 0:
         best = np.argpartition(logits, -n_top)[-n_top:]
         best = best[np.argsort(logits[best])[::-1]]
+        texts = [(model.token_text(int(t)), float(logits[t])) for t in best]
         top = tuple(
-            TopLogprob(
-                token=model.token_text(int(t)),
-                logprob=float(logits[t]) - log_norm,
-                token_bytes=model.token_text(int(t)).encode("utf-8"),
-            )
-            for t in best
+            TopLogprob(token=text, logprob=value - log_norm, token_bytes=text.encode("utf-8"))
+            for text, value in texts
         )
     text = model.token_text(token)
     return TokenLogprob(
