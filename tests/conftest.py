@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -53,6 +54,31 @@ class Service:
     def async_client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0)
 
+    def engine_stats(self, model: str = "smollm2-135m-instruct") -> dict[str, int]:
+        """The scheduler's counters, as /health reports them."""
+        body = httpx2.get(f"{self.base_url}/health", timeout=10).json()
+        stats: dict[str, int] = body["engines"][model]
+        return stats
+
+    def wait_idle(self, timeout: float = 60.0) -> dict[str, int]:
+        """Poll until nothing runs or waits; a generous bound that only catches a stuck engine."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.engine_stats()
+            if stats["running"] == 0 and stats["waiting"] == 0:
+                return stats
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the engine is still busy: {stats}")
+            time.sleep(0.05)
+
+    async def until_running(self, count: int = 1, polls: int = 3000) -> None:
+        """Yield to the event loop until the engine runs ``count`` sequences."""
+        for _ in range(polls):
+            if self.engine_stats()["running"] >= count:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"the engine never ran {count} sequences")
+
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -100,6 +126,25 @@ def start_service(
 
 
 MODEL = "smollm2-135m-instruct"
+#: Sixteen distinct subjects for concurrent prompts, one per default sequence slot.
+SUBJECTS = [
+    "the sea",
+    "a mountain",
+    "bread",
+    "the moon",
+    "a violin",
+    "winter",
+    "a library",
+    "coffee",
+    "a bicycle",
+    "rain",
+    "chess",
+    "a lighthouse",
+    "honey",
+    "a volcano",
+    "trains",
+    "gardens",
+]
 ALIAS = "gpt-3.5-turbo"
 
 

@@ -23,6 +23,8 @@ DEFAULT_MAX_MODEL_LEN = 2048
 DEFAULT_MAX_NUM_SEQS = 16
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
 DEFAULT_MAX_WAITING_SEQS = 256
+DEFAULT_MAX_WAITING_TOKENS = 256 * 1024
+DEFAULT_QUEUE_TIMEOUT = 120.0
 DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -76,6 +78,20 @@ class LlamaCppOptions(_Strict):
         default=DEFAULT_MAX_WAITING_SEQS,
         ge=0,
         description="Sequences that may wait for a slot; beyond that, 503 with Retry-After.",
+    )
+    max_waiting_tokens: int = Field(
+        default=DEFAULT_MAX_WAITING_TOKENS,
+        ge=1,
+        description="Prompt tokens that may wait for a slot; beyond that, 503 with Retry-After.",
+    )
+    queue_timeout: float = Field(
+        default=DEFAULT_QUEUE_TIMEOUT,
+        gt=0,
+        description="Seconds a request may wait for a slot before it fails with 503.",
+    )
+    enable_prefix_caching: bool = Field(
+        default=True,
+        description="Reuse the KV cache of a shared prompt prefix (system prompt, earlier turns).",
     )
 
     @model_validator(mode="after")

@@ -180,3 +180,67 @@ def test_full_waiting_queue_answers_503_with_retry_after(
         assert after.status_code == 200
     finally:
         svc.stop()
+
+
+def test_queue_bounds_prompt_tokens_and_waiting_time(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Waiting prompt tokens are bounded, and nobody waits for a slot beyond queue_timeout."""
+    import asyncio
+
+    from tests.conftest import start_service
+
+    options = {
+        "max_model_len": 512,
+        "max_num_seqs": 1,
+        "max_waiting_seqs": 8,
+        "max_waiting_tokens": 60,
+        "queue_timeout": 1.0,
+    }
+    svc = start_service(
+        tmp_path_factory.mktemp("queue-bounds"),
+        {"models": [{"name": MODEL, "options": options}]},
+    )
+    question = "Name three colours and three animals, please, in one short sentence."
+    try:
+
+        async def main() -> tuple[httpx2.Response, list[httpx2.Response]]:
+            async with httpx2.AsyncClient(base_url=svc.base_url, timeout=120) as http:
+                busy = asyncio.create_task(
+                    http.post(
+                        "/v1/chat/completions",
+                        json={**chat(max_tokens=300), "ignore_eos": True},
+                    )
+                )
+                await svc.until_running()
+                queued = await asyncio.gather(
+                    *(
+                        http.post(
+                            "/v1/chat/completions",
+                            json={
+                                "model": MODEL,
+                                "messages": [{"role": "user", "content": question}],
+                                "max_tokens": 4,
+                            },
+                        )
+                        for _ in range(2)
+                    )
+                )
+                return await busy, queued
+
+        busy, queued = asyncio.run(main())
+        assert busy.status_code == 200
+        assert [r.status_code for r in queued] == [503, 503]
+        messages = sorted(r.json()["error"]["message"] for r in queued)
+        # One did not fit the token bound; the other waited its full timeout behind the
+        # 300-token request.
+        assert "prompt tokens are already waiting" in messages[0]
+        assert "waited more than 1 s" in messages[1]
+        assert all(r.headers["retry-after"] == "1" for r in queued)
+        stats = svc.engine_stats()
+        assert stats["queue_timeouts"] == 1
+        assert stats["rejected"] == 1
+        after = httpx2.post(f"{svc.base_url}/v1/chat/completions", json=chat(), timeout=60)
+        assert after.status_code == 200
+    finally:
+        svc.stop()

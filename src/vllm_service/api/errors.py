@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vllm_service.api.disconnect import ClientDisconnected, on_client_disconnected
 from vllm_service.engine.base import (
     EngineError,
     EngineUnavailableError,
@@ -191,6 +192,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(APIError(500, "The server had an error while processing your request."))
 
     app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(ClientDisconnected, on_client_disconnected)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(EngineError, on_engine)

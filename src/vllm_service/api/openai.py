@@ -15,6 +15,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 
 from vllm_service import __version__
 from vllm_service.api.choices import ChoiceStreams
+from vllm_service.api.disconnect import until_disconnected
 from vllm_service.api.errors import (
     APIError,
     InvalidRequest,
@@ -127,6 +128,7 @@ def _sampling(
         logprobs=logprobs,
         json_object=json_object,
         json_schema=json_schema,
+        ignore_eos=body.ignore_eos,
     )
 
 
@@ -260,7 +262,7 @@ def _chat_logprobs(items: list[TokenLogprob]) -> ChoiceLogprobs:
     responses={**_ERRORS, **_SSE_DOC},
 )
 async def create_chat_completion(
-    body: ChatCompletionRequest, manager: Manager, server: Server
+    body: ChatCompletionRequest, request: Request, manager: Manager, server: Server
 ) -> Response | ChatCompletionResponse:
     _check_common(body, server)
     extra = body.model_extra or {}
@@ -287,14 +289,14 @@ async def create_chat_completion(
         )
         for i in range(body.n)
     ]
-    streams = await _start(manager, served, requests)
+    streams = await until_disconnected(request, _start(manager, served, requests))
     created = int(time.time())
     if body.stream:
         return EventSourceResponse(
             _chat_stream(body, streams, request_id, created),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    texts, lps, finals = await _collect(streams, [""] * body.n)
+    texts, lps, finals = await until_disconnected(request, _collect(streams, [""] * body.n))
     choices = []
     prompt_tokens = completion_tokens = cached = 0
     for i, final in enumerate(finals):
@@ -397,7 +399,7 @@ def _completion_logprobs(items: list[TokenLogprob], offset: int) -> CompletionLo
     responses={**_ERRORS, **_SSE_DOC},
 )
 async def create_completion(
-    body: CompletionRequest, manager: Manager, server: Server
+    body: CompletionRequest, request: Request, manager: Manager, server: Server
 ) -> Response | CompletionResponse:
     _check_common(body, server)
     if body.suffix:
@@ -432,7 +434,7 @@ async def create_completion(
                     ),
                 )
             )
-    streams = await _start(manager, served, requests)
+    streams = await until_disconnected(request, _start(manager, served, requests))
     created = int(time.time())
     echo = [str(prompts[k // body.n]) if body.echo else "" for k in range(len(requests))]
     if body.stream:
@@ -440,7 +442,7 @@ async def create_completion(
             _completion_stream(body, streams, request_id, created, echo, body.n),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    texts, lps, finals = await _collect(streams, list(echo))
+    texts, lps, finals = await until_disconnected(request, _collect(streams, list(echo)))
     choices = []
     prompt_tokens = completion_tokens = 0
     for k, final in enumerate(finals):

@@ -126,6 +126,10 @@ class SamplingFields(OpenAIBaseModel):
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = Field(default=None, max_length=256)
+    ignore_eos: StrictBool = Field(
+        default=False,
+        description="Extension (as vLLM): keep generating past end-of-sequence up to max_tokens.",
+    )
 
     @field_validator("stop")
     @classmethod

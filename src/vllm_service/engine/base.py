@@ -52,6 +52,8 @@ class SamplingParams:
     json_object: bool = False
     #: Constrain the output to documents valid under this JSON schema (its JSON text).
     json_schema: str | None = None
+    #: Generate past end-of-sequence until max_tokens (benchmarks with fixed output lengths).
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,22 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Timing:
+    """Where one sequence's time went, in seconds (monotonic clock)."""
+
+    #: From submission until the scheduler gave it a slot.
+    queue_time: float
+    #: From submission until its first output token was sampled.
+    time_to_first_token: float
+    #: Gaps between consecutive output tokens.
+    inter_token_times: tuple[float, ...] = ()
+
+    @property
+    def decode_time(self) -> float:
+        return sum(self.inter_token_times)
+
+
+@dataclass(frozen=True, slots=True)
 class TokenDelta:
     """New output of one sequence. The final delta carries finish_reason and usage."""
 
@@ -100,6 +118,8 @@ class TokenDelta:
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    #: Set on the final delta by engines that measure it.
+    timing: Timing | None = None
 
 
 @dataclass(frozen=True, slots=True)

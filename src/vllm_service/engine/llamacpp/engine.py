@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -68,8 +69,11 @@ class LlamaCppEngine:
             n_threads=self.placement.n_threads,
             max_num_seqs=self.options.max_num_seqs,
             max_num_batched_tokens=self.options.max_num_batched_tokens,
-            kv_cells=self.options.max_model_len * self.options.max_num_seqs,
+            max_model_len=self.options.max_model_len,
             max_waiting_seqs=self.options.max_waiting_seqs,
+            max_waiting_tokens=self.options.max_waiting_tokens,
+            queue_timeout=self.options.queue_timeout,
+            enable_prefix_caching=self.options.enable_prefix_caching,
         )
         scheduler.start()
         self._scheduler = scheduler
@@ -105,14 +109,7 @@ class LlamaCppEngine:
             "max_num_seqs": self.options.max_num_seqs,
         }
         if self._scheduler is not None:
-            stats = self._scheduler.stats()
-            detail.update(
-                running=stats.running,
-                waiting=stats.waiting,
-                kv_cells_used=stats.kv_cells_used,
-                kv_cells_total=stats.kv_cells_total,
-                aborted_sequences=stats.aborted,
-            )
+            detail.update(dataclasses.asdict(self._scheduler.stats()))
         return EngineHealth(
             state=self._state,
             device=self.placement.device,

@@ -6,8 +6,18 @@ then prompt chunks of sequences still prefilling, within ``max_num_batched_token
 own sampler chain, and its delta is handed to its asyncio queue with ``call_soon_threadsafe``.
 
 A sequence is simply "tokens known" (prompt + generated) and "tokens in the KV cache"; a step
-feeds the difference. That makes preemption plain: when the KV cache is full, the newest
-sequence's cells are dropped and it re-enters the waiting queue, to be recomputed later.
+feeds the difference. That makes both prefix caching and preemption plain:
+
+* **Slots.** There are ``max_num_seqs`` slots, each a ``seq_id`` with its own KV stream of
+  ``max_model_len`` cells. A running sequence occupies one. When it ends, its slot keeps the
+  KV of the tokens it computed, as a prefix-cache entry, until the slot is reused.
+* **Prefix caching.** A new sequence goes to the idle slot whose cached tokens share the longest
+  prefix with its prompt; the cells past that prefix are dropped and only the rest is computed.
+  When a *running* sequence shares a longer prefix, its stream is copied
+  (``llama_memory_seq_cp``) into an idle slot instead. Idle slots that match nothing are reused
+  least recently used first: that is the cache's LRU bound.
+* **Preemption.** If ``llama_decode`` finds no room for a batch, the newest sequence's cells are
+  dropped and it re-enters the waiting queue, to be recomputed later; running ones go on.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +38,7 @@ from vllm_service.engine.base import (
     EngineUnavailableError,
     FinishReason,
     SamplingParams,
+    Timing,
     TokenDelta,
     TokenLogprob,
     Usage,
@@ -38,6 +50,25 @@ from vllm_service.engine.llamacpp.text_output import TextOutput
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[TokenDelta | BaseException], None]
+
+#: Copying a running sequence's KV stream costs a copy of the whole stream; below this many
+#: shared tokens recomputing them is cheaper.
+MIN_COPY_PREFIX = 32
+
+
+def common_prefix(a: Seq[int], b: Seq[int]) -> int:
+    """Length of the longest common prefix of two token lists (slice compares run in C)."""
+    hi = min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    lo = 0  # invariant: a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 @dataclass(eq=False)
@@ -53,13 +84,17 @@ class Sequence:
     text: TextOutput
     tokens: list[int] = field(default_factory=list)
     n_past: int = 0
-    seq_id: int = -1
+    slot: Slot | None = None
     batch_index: int = -1
     finished: bool = False
     # Written by the event loop's thread, read by the scheduler's: a plain bool is enough.
     aborted: bool = False
+    cached_tokens: int = 0
     submitted_at: float = field(default_factory=time.monotonic)
+    scheduled_at: float | None = None
     first_token_at: float | None = None
+    last_token_at: float = 0.0
+    inter_token_times: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
@@ -73,16 +108,51 @@ class Sequence:
         """Known tokens not yet in the KV cache."""
         return len(self.tokens) - self.n_past
 
+    def timing(self) -> Timing:
+        scheduled = self.scheduled_at if self.scheduled_at is not None else self.submitted_at
+        first = self.first_token_at if self.first_token_at is not None else scheduled
+        return Timing(
+            queue_time=scheduled - self.submitted_at,
+            time_to_first_token=first - self.submitted_at,
+            inter_token_times=tuple(self.inter_token_times),
+        )
+
+
+@dataclass(eq=False)
+class Slot:
+    """One ``seq_id`` and its KV stream: a running sequence, or a prefix-cache entry."""
+
+    seq_id: int
+    #: Tokens whose KV the stream holds while the slot is idle.
+    cached: list[int] = field(default_factory=list)
+    seq: Sequence | None = None
+    last_used: int = 0
+
+    def kv_tokens(self) -> list[int]:
+        if self.seq is not None:
+            return self.seq.tokens[: self.seq.n_past]
+        return self.cached
+
 
 @dataclass(frozen=True, slots=True)
 class SchedulerStats:
     running: int
     waiting: int
+    waiting_tokens: int
+    #: Cells holding data in llama.cpp's KV cache (running sequences + prefix-cache entries).
     kv_cells_used: int
+    #: Of those, cells kept only as prefix-cache entries (idle slots).
+    kv_cells_cached: int
     kv_cells_total: int
     steps: int
     preemptions: int
     aborted: int
+    queue_timeouts: int
+    rejected: int
+    #: Prompt tokens of admitted sequences, and how many of them came from the prefix cache.
+    prompt_tokens: int
+    prefix_cache_hit_tokens: int
+    prefix_cache_copies: int
 
 
 class Scheduler:
@@ -95,23 +165,31 @@ class Scheduler:
         n_threads: int,
         max_num_seqs: int,
         max_num_batched_tokens: int,
-        kv_cells: int,
+        max_model_len: int,
         max_waiting_seqs: int,
+        max_waiting_tokens: int,
+        queue_timeout: float,
+        enable_prefix_caching: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._model = model
-        self._max_num_seqs = max_num_seqs
         self._budget = max_num_batched_tokens
         self._max_waiting = max_waiting_seqs
+        self._max_waiting_tokens = max_waiting_tokens
+        self._queue_timeout = queue_timeout
+        self._prefix_caching = enable_prefix_caching
+        self._clock = clock
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = kv_cells
+        params.n_ctx = max_model_len * max_num_seqs
         params.n_batch = max_num_batched_tokens
         params.n_ubatch = max_num_batched_tokens
         params.n_seq_max = max_num_seqs
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        # One KV stream per sequence (kv_cells / max_num_seqs cells each). Measured here: with
-        # a unified buffer a sequence's greedy output changes with what runs beside it; with
-        # per-sequence streams it is the same alone and in a batch of 16.
+        # One KV stream per slot (max_model_len cells each). Measured here: with a unified
+        # buffer a sequence's greedy output changes with what runs beside it; with per-slot
+        # streams it is the same alone and in a batch of 16. It also means a sequence that
+        # passed the context-length check always has room: KV exhaustion cannot happen.
         params.kv_unified = False
         params.no_perf = True
         self._ctx: Any = llama_cpp.llama_init_from_model(model.handle, params)
@@ -122,14 +200,26 @@ class Scheduler:
         self._batch = llama_cpp.llama_batch_init(max_num_batched_tokens, 0, 1)
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
+        # Guarded by _lock: the hand-over from the event loop and the waiting queue.
         self._incoming: collections.deque[Sequence] = collections.deque()
         self._waiting: collections.deque[Sequence] = collections.deque()
-        self._running: list[Sequence] = []
-        self._free_ids = list(range(max_num_seqs - 1, -1, -1))
+        self._waiting_tokens = 0
+        self._idle_slots = max_num_seqs
         self._stopping = False
+        # The scheduler thread's own state.
+        self._slots = [Slot(seq_id=i) for i in range(max_num_seqs)]
+        self._running: list[Sequence] = []
+        self._uses = 0
+        self._kv_used = 0
+        self._kv_cached = 0
         self._steps = 0
         self._preemptions = 0
         self._aborted = 0
+        self._queue_timeouts = 0
+        self._rejected = 0
+        self._prompt_tokens = 0
+        self._hit_tokens = 0
+        self._copies = 0
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
 
     # -- called from the event loop ---------------------------------------------------------
@@ -144,17 +234,28 @@ class Scheduler:
                 raise EngineError("the engine is shutting down")
             # Sequences that will wait: those queued beyond the slots free right now.
             queued = len(self._incoming) + len(self._waiting)
-            if queued - len(self._free_ids) >= self._max_waiting:
+            if queued - self._idle_slots >= self._max_waiting:
+                self._rejected += 1
                 raise EngineUnavailableError(
                     f"The engine is overloaded: {queued} requests are already waiting. "
                     "Retry shortly.",
                     retry_after=1.0,
                 )
+            if queued >= self._idle_slots and (
+                self._waiting_tokens + len(seq.tokens) > self._max_waiting_tokens
+            ):
+                self._rejected += 1
+                raise EngineUnavailableError(
+                    f"The engine is overloaded: {self._waiting_tokens} prompt tokens are "
+                    "already waiting. Retry shortly.",
+                    retry_after=1.0,
+                )
+            self._waiting_tokens += len(seq.tokens)
             self._incoming.append(seq)
             self._wakeup.notify()
 
     def abort(self, seq: Sequence) -> None:
-        """Stop a sequence at the next step and free its slot and KV cells."""
+        """Stop a sequence at the next step and free its slot."""
         seq.aborted = True
         with self._wakeup:
             self._wakeup.notify()
@@ -162,15 +263,23 @@ class Scheduler:
     def stats(self) -> SchedulerStats:
         with self._lock:
             waiting = len(self._waiting) + len(self._incoming)
-            running = list(self._running)
+            waiting_tokens = self._waiting_tokens
+            running = len(self._slots) - self._idle_slots
         return SchedulerStats(
-            running=len(running),
+            running=running,
             waiting=waiting,
-            kv_cells_used=sum(s.n_past for s in running),
+            waiting_tokens=waiting_tokens,
+            kv_cells_used=self._kv_used,
+            kv_cells_cached=self._kv_cached,
             kv_cells_total=self.kv_cells,
             steps=self._steps,
             preemptions=self._preemptions,
             aborted=self._aborted,
+            queue_timeouts=self._queue_timeouts,
+            rejected=self._rejected,
+            prompt_tokens=self._prompt_tokens,
+            prefix_cache_hit_tokens=self._hit_tokens,
+            prefix_cache_copies=self._copies,
         )
 
     def stop(self) -> None:
@@ -209,7 +318,7 @@ class Scheduler:
             return True
         error = EngineError("the engine is shutting down")
         for seq in pending:
-            self._release(seq)
+            self._release(seq, keep_cache=False)
             self._send(seq, error)
         return False
 
@@ -225,10 +334,11 @@ class Scheduler:
 
     def _step(self) -> None:
         self._drop_aborted()
+        self._expire_waiting()
         self._admit()
         if not self._running:
+            self._measure_kv()
             return
-        self._make_room()
         fed = self._fill_batch()
         if not fed:
             return
@@ -239,9 +349,29 @@ class Scheduler:
         self._steps += 1
         for seq, count in fed:
             seq.n_past += count
+        now = self._clock()
         for seq, _ in fed:
             if seq.batch_index >= 0 and not seq.aborted:
-                self._sample(seq)
+                self._sample(seq, now)
+        self._measure_kv()
+
+    def _measure_kv(self) -> None:
+        """Count the cells llama.cpp really holds (the leak check), and those only cached."""
+        used = cached = 0
+        for slot in self._slots:
+            top = llama_cpp.llama_memory_seq_pos_max(self._memory, slot.seq_id)
+            if top >= 0:
+                cells = top - llama_cpp.llama_memory_seq_pos_min(self._memory, slot.seq_id) + 1
+                used += cells
+                if slot.seq is None:
+                    cached += cells
+        self._kv_used, self._kv_cached = used, cached
+
+    def _unqueue(self, dropped: list[Sequence]) -> None:
+        """Take sequences out of the waiting queue (the caller holds ``_lock``)."""
+        gone = set(map(id, dropped))
+        self._waiting = collections.deque(s for s in self._waiting if id(s) not in gone)
+        self._waiting_tokens -= sum(len(s.tokens) for s in dropped)
 
     def _drop_aborted(self) -> None:
         for seq in [s for s in self._running if s.aborted]:
@@ -251,62 +381,107 @@ class Scheduler:
         if any(s.aborted for s in self._waiting):
             with self._lock:
                 dropped = [s for s in self._waiting if s.aborted]
-                self._waiting = collections.deque(s for s in self._waiting if not s.aborted)
+                self._unqueue(dropped)
             for seq in dropped:
                 seq.sampler.free()
                 self._aborted += 1
 
+    def _expire_waiting(self) -> None:
+        """Fail sequences that waited longer than the queue timeout for their first slot."""
+        if not self._waiting:
+            return
+        deadline = self._clock() - self._queue_timeout
+        if self._waiting[0].submitted_at > deadline and not any(
+            s.submitted_at <= deadline for s in self._waiting
+        ):
+            return
+        with self._lock:
+            expired = [
+                s for s in self._waiting if s.submitted_at <= deadline and s.first_token_at is None
+            ]
+            self._unqueue(expired)
+        for seq in expired:
+            self._queue_timeouts += 1
+            seq.sampler.free()
+            self._send(
+                seq,
+                EngineUnavailableError(
+                    f"The request waited more than {self._queue_timeout:g} s for a free "
+                    "sequence slot. Retry shortly.",
+                    retry_after=1.0,
+                ),
+            )
+
     def _admit(self) -> None:
-        with self._lock:
-            while self._waiting and self._free_ids:
+        while True:
+            with self._lock:
+                if not self._waiting or self._idle_slots == 0:
+                    return
                 seq = self._waiting.popleft()
-                seq.seq_id = self._free_ids.pop()
-                self._running.append(seq)
+                self._waiting_tokens -= len(seq.tokens)
+                self._idle_slots -= 1
+            self._place(seq)
+            self._running.append(seq)
 
-    def _kv_used(self) -> int:
-        return sum(s.n_past for s in self._running)
-
-    def _make_room(self) -> None:
-        """Preempt the newest sequences until one step's tokens fit the KV cache."""
-        while len(self._running) > 1:
-            decode_tokens = sum(1 for s in self._running if s.pending == 1)
-            if self._kv_used() + decode_tokens <= self.kv_cells:
-                return
-            self._preempt(self._running[-1])
-
-    def _preempt(self, seq: Sequence) -> None:
-        self._running.remove(seq)
-        llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-        self._free_ids.append(seq.seq_id)
-        seq.seq_id = -1
-        seq.n_past = 0
-        self._preemptions += 1
-        with self._lock:
-            self._waiting.appendleft(seq)
+    def _place(self, seq: Sequence) -> None:
+        """Give a sequence an idle slot, reusing the longest cached prefix of its tokens."""
+        idle = [s for s in self._slots if s.seq is None]
+        # At least the last known token is computed: its logits are what gets sampled.
+        limit = len(seq.tokens) - 1
+        reuse = 0
+        slot = min(idle, key=lambda s: (bool(s.cached), s.last_used))  # empty, else LRU
+        source: Slot | None = None
+        if self._prefix_caching and limit > 0:
+            matches = [(min(common_prefix(s.kv_tokens(), seq.tokens), limit), s) for s in idle]
+            best, best_slot = max(matches, key=lambda m: (m[0], m[1].last_used))
+            if best > 0:
+                reuse, slot = best, best_slot
+            for other in self._running:
+                shared = min(common_prefix(other.tokens[: other.n_past], seq.tokens), limit)
+                if shared >= MIN_COPY_PREFIX and shared > reuse:
+                    reuse, source = shared, other.slot
+        if source is not None:
+            # Copying into the least useful idle slot keeps the better cached entries.
+            slot = min(idle, key=lambda s: (bool(s.cached), s.last_used))
+            llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, slot.seq_id, -1, -1)
+            self._copies += 1
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1):
+            # A model whose memory cannot be cut mid-sequence: start from nothing.
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            reuse = 0
+        self._uses += 1
+        slot.seq, slot.cached, slot.last_used = seq, [], self._uses
+        seq.slot = slot
+        seq.n_past = reuse
+        if seq.scheduled_at is None:  # not a preempted sequence coming back
+            seq.scheduled_at = self._clock()
+            seq.cached_tokens = reuse
+            self._prompt_tokens += len(seq.prompt)
+            self._hit_tokens += reuse
 
     def _fill_batch(self) -> list[tuple[Sequence, int]]:
         batch = self._batch
         n = 0
         fed: list[tuple[Sequence, int]] = []
-        free_cells = self.kv_cells - self._kv_used()
         # Decoding sequences first: one token each keeps every stream moving every step.
         ordered = [s for s in self._running if s.pending == 1] + [
             s for s in self._running if s.pending > 1
         ]
         for seq in ordered:
-            room = min(self._budget - n, free_cells)
+            room = self._budget - n
             if room <= 0:
                 break
+            assert seq.slot is not None
+            seq_id = seq.slot.seq_id
             count = min(seq.pending, room)
             start = seq.n_past
             for offset in range(count):
                 batch.token[n] = seq.tokens[start + offset]
                 batch.pos[n] = start + offset
                 batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq.seq_id
+                batch.seq_id[n][0] = seq_id
                 batch.logits[n] = 0
                 n += 1
-            free_cells -= count
             if count == seq.pending:
                 batch.logits[n - 1] = 1
                 seq.batch_index = n - 1
@@ -318,20 +493,31 @@ class Scheduler:
 
     def _decode_failed(self, rc: int, fed: list[tuple[Sequence, int]]) -> None:
         if rc == 1 and len(self._running) > 1:
-            # No KV slot for this batch: make room by recomputing the newest sequence later.
+            # No KV room for this batch: recompute the newest sequence later.
             self._preempt(self._running[-1])
             return
         error = EngineError(f"llama_decode failed with status {rc}")
         for seq, _ in fed:
             if seq in self._running:
                 self._running.remove(seq)
-            self._release(seq)
+            self._release(seq, keep_cache=False)
             self._send(seq, error)
 
-    def _sample(self, seq: Sequence) -> None:
+    def _preempt(self, seq: Sequence) -> None:
+        self._running.remove(seq)
+        self._release(seq, keep_cache=False, finished=False)
+        self._preemptions += 1
+        with self._lock:
+            self._waiting.appendleft(seq)
+            self._waiting_tokens += len(seq.tokens)
+
+    def _sample(self, seq: Sequence, now: float) -> None:
         token = seq.sampler.sample(self._ctx, seq.batch_index)
         if seq.first_token_at is None:
-            seq.first_token_at = time.monotonic()
+            seq.first_token_at = now
+        else:
+            seq.inter_token_times.append(now - seq.last_token_at)
+        seq.last_token_at = now
         logprobs: tuple[TokenLogprob, ...] = ()
         if seq.params.logprobs is not None:
             logprobs = (
@@ -339,7 +525,7 @@ class Scheduler:
             )
         seq.tokens.append(token)
         finish: FinishReason | None = None
-        if self._model.is_end_of_generation(token):
+        if self._model.is_end_of_generation(token) and not seq.params.ignore_eos:
             text = seq.text.finish()
             finish = FinishReason.STOP
         else:
@@ -353,7 +539,11 @@ class Scheduler:
         if finish is None:
             self._send(seq, TokenDelta(text=text, token_ids=(token,), logprobs=logprobs))
             return
-        usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.n_generated)
+        usage = Usage(
+            prompt_tokens=len(seq.prompt),
+            completion_tokens=seq.n_generated,
+            cached_tokens=seq.cached_tokens,
+        )
         self._running.remove(seq)
         self._release(seq)
         self._send(
@@ -364,18 +554,27 @@ class Scheduler:
                 logprobs=logprobs,
                 finish_reason=finish,
                 usage=usage,
+                timing=seq.timing(),
             ),
         )
 
-    def _release(self, seq: Sequence) -> None:
-        """Free a sequence's KV cells, slot and sampler; safe to call twice."""
-        if seq.seq_id >= 0:
-            llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-            self._free_ids.append(seq.seq_id)
-            seq.seq_id = -1
+    def _release(self, seq: Sequence, *, keep_cache: bool = True, finished: bool = True) -> None:
+        """Give back a sequence's slot, keeping its KV as a prefix-cache entry if asked."""
+        slot = seq.slot
+        if slot is not None:
+            if keep_cache and self._prefix_caching:
+                slot.cached = seq.tokens[: seq.n_past]
+            else:
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                slot.cached = []
+            slot.seq = None
+            seq.slot = None
+            with self._lock:
+                self._idle_slots += 1
         seq.n_past = 0
-        seq.finished = True
-        seq.sampler.free()
+        if finished:
+            seq.finished = True
+            seq.sampler.free()
 
     @staticmethod
     def _send(seq: Sequence, item: TokenDelta | BaseException) -> None:
