@@ -24,7 +24,7 @@ from vllm_service.engine.llamacpp.device import DevicePlacement, place
 from vllm_service.engine.llamacpp.model import LlamaModel, gpu_offload_supported
 from vllm_service.engine.llamacpp.model_files import resolve_model_path
 from vllm_service.engine.llamacpp.sampling import SamplerChain
-from vllm_service.engine.llamacpp.scheduler import Scheduler, Sequence
+from vllm_service.engine.llamacpp.scheduler import Post, Scheduler, Sequence
 from vllm_service.engine.llamacpp.text_output import TextOutput
 
 
@@ -48,14 +48,15 @@ class LlamaCppEngine:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self._load)
+            await asyncio.to_thread(self._load, loop.call_soon_threadsafe)
         except BaseException:
             self._state = "failed"
             raise
         self._state = "ready"
 
-    def _load(self) -> None:
+    def _load(self, post: Post) -> None:
         model = LlamaModel(self.model_path, self.placement)
         self._model = model
         template_source = self.options.chat_template or model.chat_template() or CHATML_TEMPLATE
@@ -74,6 +75,7 @@ class LlamaCppEngine:
             max_waiting_tokens=self.options.max_waiting_tokens,
             queue_timeout=self.options.queue_timeout,
             enable_prefix_caching=self.options.enable_prefix_caching,
+            post=post,
         )
         scheduler.start()
         self._scheduler = scheduler
@@ -163,19 +165,14 @@ class LlamaCppEngine:
         if scheduler is None or self._state != "ready":
             raise EngineUnavailableError("the engine is not ready", retry_after=1.0)
         prompt, max_tokens, sampler = await asyncio.to_thread(self._prepare, req)
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
-
-        def emit(item: TokenDelta | BaseException) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
         seq = Sequence(
             request_id=req.request_id,
             prompt=prompt,
             max_tokens=max_tokens,
             params=req.sampling,
             sampler=sampler,
-            emit=emit,
+            deliver=queue.put_nowait,
             text=TextOutput(req.sampling.stop),
         )
         try:

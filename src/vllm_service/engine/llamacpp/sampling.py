@@ -96,13 +96,16 @@ class SamplerChain:
         if params.temperature <= 0.0:
             self._add(llama_cpp.llama_sampler_init_greedy())
             return
+        # As OpenAI and vLLM define them: temperature scales the logits first, then top_k,
+        # top_p and min_p cut the tempered distribution. (A sharper distribution also lets
+        # top_p find its nucleus among the top 256 tokens instead of sorting the vocabulary.)
+        self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
         if params.top_k > 0:
             self._add(llama_cpp.llama_sampler_init_top_k(params.top_k))
         if params.top_p < 1.0:
             self._add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
         if params.min_p > 0.0:
             self._add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
-        self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
         self._add(llama_cpp.llama_sampler_init_dist(request_seed(params.seed)))
 
     def sample(self, ctx: Any, batch_index: int) -> int:

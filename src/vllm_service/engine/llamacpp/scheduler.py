@@ -49,7 +49,10 @@ from vllm_service.engine.llamacpp.text_output import TextOutput
 
 logger = logging.getLogger(__name__)
 
-Emit = Callable[[TokenDelta | BaseException], None]
+#: Hands one item to a request's reader; called on the event loop's thread.
+Deliver = Callable[[TokenDelta | BaseException], None]
+#: Runs a callback on the event loop's thread (``loop.call_soon_threadsafe``).
+Post = Callable[[Callable[[], None]], object]
 
 #: Copying a running sequence's KV stream costs a copy of the whole stream; below this many
 #: shared tokens recomputing them is cheaper.
@@ -80,7 +83,7 @@ class Sequence:
     max_tokens: int
     params: SamplingParams
     sampler: SamplerChain
-    emit: Emit
+    deliver: Deliver
     text: TextOutput
     tokens: list[int] = field(default_factory=list)
     n_past: int = 0
@@ -153,6 +156,9 @@ class SchedulerStats:
     prompt_tokens: int
     prefix_cache_hit_tokens: int
     prefix_cache_copies: int
+    #: Seconds spent in llama_decode, and in sampling and detokenizing after it.
+    decode_seconds: float
+    sample_seconds: float
 
 
 class Scheduler:
@@ -169,10 +175,15 @@ class Scheduler:
         max_waiting_seqs: int,
         max_waiting_tokens: int,
         queue_timeout: float,
+        post: Post,
         enable_prefix_caching: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._model = model
+        self._post = post
+        # Deltas of one step, handed to the event loop in one callback (one wake-up per step
+        # instead of one per sequence).
+        self._outbox: list[tuple[Sequence, TokenDelta | BaseException]] = []
         self._budget = max_num_batched_tokens
         self._max_waiting = max_waiting_seqs
         self._max_waiting_tokens = max_waiting_tokens
@@ -220,6 +231,8 @@ class Scheduler:
         self._prompt_tokens = 0
         self._hit_tokens = 0
         self._copies = 0
+        self._decode_time = 0.0
+        self._sample_time = 0.0
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
 
     # -- called from the event loop ---------------------------------------------------------
@@ -280,6 +293,8 @@ class Scheduler:
             prompt_tokens=self._prompt_tokens,
             prefix_cache_hit_tokens=self._hit_tokens,
             prefix_cache_copies=self._copies,
+            decode_seconds=round(self._decode_time, 6),
+            sample_seconds=round(self._sample_time, 6),
         )
 
     def stop(self) -> None:
@@ -297,9 +312,11 @@ class Scheduler:
         try:
             while self._next_round():
                 self._step()
+                self._flush()
         except BaseException as exc:  # a crash must reach every waiting client, not vanish
             logger.exception("scheduler thread failed")
             self._fail_all(EngineError(f"engine failure: {exc}"))
+        self._flush()
 
     def _next_round(self) -> bool:
         """Wait for work; move new sequences in. False once stopping."""
@@ -342,7 +359,10 @@ class Scheduler:
         fed = self._fill_batch()
         if not fed:
             return
+        started = time.perf_counter()
         rc = llama_cpp.llama_decode(self._ctx, self._batch)
+        decoded = time.perf_counter()
+        self._decode_time += decoded - started
         if rc != 0:
             self._decode_failed(rc, fed)
             return
@@ -352,8 +372,10 @@ class Scheduler:
         now = self._clock()
         for seq, _ in fed:
             if seq.batch_index >= 0 and not seq.aborted:
-                self._sample(seq, now)
-        self._measure_kv()
+                self._accept(seq, seq.sampler.sample(self._ctx, seq.batch_index), now)
+        self._sample_time += time.perf_counter() - decoded
+        if not self._running or self._steps % 64 == 0:
+            self._measure_kv()
 
     def _measure_kv(self) -> None:
         """Count the cells llama.cpp really holds (the leak check), and those only cached."""
@@ -460,20 +482,28 @@ class Scheduler:
             self._hit_tokens += reuse
 
     def _fill_batch(self) -> list[tuple[Sequence, int]]:
-        batch = self._batch
-        n = 0
+        # Decoding sequences are served first: one token each keeps every stream moving.
+        # Prompt chunks take what is left of the budget.
+        room = self._budget
         fed: list[tuple[Sequence, int]] = []
-        # Decoding sequences first: one token each keeps every stream moving every step.
-        ordered = [s for s in self._running if s.pending == 1] + [
+        for seq in [s for s in self._running if s.pending == 1] + [
             s for s in self._running if s.pending > 1
-        ]
-        for seq in ordered:
-            room = self._budget - n
+        ]:
             if room <= 0:
                 break
+            count = min(seq.pending, room)
+            fed.append((seq, count))
+            room -= count
+        # The batch is written in seq_id order. With one KV stream per sequence llama.cpp
+        # splits a batch into micro-batches of *consecutive* seq_ids; out of order, each
+        # sequence would become its own forward pass (measured: 16 decode tokens took 2x as
+        # long shuffled as sorted).
+        fed.sort(key=lambda item: item[0].slot.seq_id if item[0].slot else -1)
+        batch = self._batch
+        n = 0
+        for seq, count in fed:
             assert seq.slot is not None
             seq_id = seq.slot.seq_id
-            count = min(seq.pending, room)
             start = seq.n_past
             for offset in range(count):
                 batch.token[n] = seq.tokens[start + offset]
@@ -487,7 +517,6 @@ class Scheduler:
                 seq.batch_index = n - 1
             else:
                 seq.batch_index = -1
-            fed.append((seq, count))
         batch.n_tokens = n
         return fed
 
@@ -511,8 +540,8 @@ class Scheduler:
             self._waiting.appendleft(seq)
             self._waiting_tokens += len(seq.tokens)
 
-    def _sample(self, seq: Sequence, now: float) -> None:
-        token = seq.sampler.sample(self._ctx, seq.batch_index)
+    def _accept(self, seq: Sequence, token: int, now: float) -> None:
+        """Append a sampled token to its sequence and send its delta (or its end)."""
         if seq.first_token_at is None:
             seq.first_token_at = now
         else:
@@ -576,10 +605,22 @@ class Scheduler:
             seq.finished = True
             seq.sampler.free()
 
-    @staticmethod
-    def _send(seq: Sequence, item: TokenDelta | BaseException) -> None:
+    def _send(self, seq: Sequence, item: TokenDelta | BaseException) -> None:
+        self._outbox.append((seq, item))
+
+    def _flush(self) -> None:
+        """Hand this step's deltas to the event loop, in order, in one callback."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+
+        def deliver() -> None:
+            for seq, item in outbox:
+                seq.deliver(item)
+
         try:
-            seq.emit(item)
+            self._post(deliver)
         except RuntimeError:
-            # The event loop is gone (shutdown); nobody is left to read this.
-            seq.aborted = True
+            # The event loop is gone (shutdown); nobody is left to read these.
+            for seq, _ in outbox:
+                seq.aborted = True
