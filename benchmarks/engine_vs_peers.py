@@ -245,22 +245,25 @@ async def one_request(
     start = time.perf_counter()
     stamps: list[float] = []
     usage_tokens = None
-    stream = await client.chat.completions.create(
-        model=model,
-        messages=messages,  # type: ignore[arg-type]
-        max_tokens=OUTPUT_TOKENS,
-        temperature=float(os.environ.get("BENCH_TEMP", "0.8")),
-        top_p=0.95,
-        seed=seed,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
-    )
-    async for chunk in stream:
-        if chunk.usage is not None:
-            usage_tokens = chunk.usage.completion_tokens
-        if chunk.choices and chunk.choices[0].delta.content:
-            stamps.append(time.perf_counter())
+    try:
+        stream = await client.chat.completions.create(
+            model=model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=OUTPUT_TOKENS,
+            temperature=float(os.environ.get("BENCH_TEMP", "0.8")),
+            top_p=0.95,
+            seed=seed,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+        async for chunk in stream:
+            if chunk.usage is not None:
+                usage_tokens = chunk.usage.completion_tokens
+            if chunk.choices and chunk.choices[0].delta.content:
+                stamps.append(time.perf_counter())
+    except openai.APIError:
+        stamps = []  # counted as a failed request below
     if not stamps:  # the peer ended the stream without output: a failed request
         return Sample(float("nan"), [], 0)
     itl = [b - a for a, b in itertools.pairwise(stamps)]
