@@ -35,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import openai
@@ -48,6 +49,13 @@ from vllm_service.engine.llamacpp.model_files import resolve_model_path
 
 CACHE = Path(os.environ.get("VLLM_SERVICE_BENCH_CACHE", Path.home() / ".cache/vllm-service-bench"))
 OUTPUT_TOKENS = 64
+#: Sampling parameters sent to every peer. llama-server cuts to its default top_k=40 unless
+#: told otherwise, so "top_k" sends it explicitly: both engines then do the same work.
+SAMPLING: dict[str, dict[str, Any]] = {
+    "top_k": {"temperature": 0.8, "top_p": 0.95, "extra_body": {"ignore_eos": True, "top_k": 40}},
+    "top_p": {"temperature": 0.8, "top_p": 0.95, "extra_body": {"ignore_eos": True}},
+    "greedy": {"temperature": 0.0, "extra_body": {"ignore_eos": True}},
+}
 
 SUBJECTS = [
     "lighthouses",
@@ -250,12 +258,10 @@ async def one_request(
             model=model,
             messages=messages,  # type: ignore[arg-type]
             max_tokens=OUTPUT_TOKENS,
-            temperature=float(os.environ.get("BENCH_TEMP", "0.8")),
-            top_p=0.95,
             seed=seed,
             stream=True,
             stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True},
+            **SAMPLING[os.environ.get("BENCH_SAMPLING", "top_p")],
         )
         async for chunk in stream:
             if chunk.usage is not None:
@@ -322,7 +328,16 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=32, help="requests per c=16 round")
     parser.add_argument("--solo", type=int, default=6, help="requests per c=1 round")
+    parser.add_argument(
+        "--sampling",
+        choices=sorted(SAMPLING),
+        default="top_p",
+        help="top_p: temperature 0.8, top_p 0.95 (exact, as OpenAI defines it; llama-server "
+        "still cuts to its default top_k=40); top_k: the same plus top_k 40 sent to both; "
+        "greedy: temperature 0",
+    )
     args = parser.parse_args()
+    os.environ["BENCH_SAMPLING"] = args.sampling
 
     gguf = resolve_model_path("smollm2")
     threads = usable_cpus()
