@@ -342,6 +342,7 @@ async def main() -> None:
     gguf = resolve_model_path("smollm2")
     threads = usable_cpus()
     slots = DEFAULT_MAX_NUM_SEQS
+    print(f"sampling {args.sampling}: {SAMPLING[args.sampling]}")
     print(
         f"model {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB), threads {threads}, "
         f"slots {slots}, llama-cpp-python {llama_cpp_version()}"
