@@ -138,6 +138,32 @@ def _default_models() -> list[ModelConfig]:
     return [ModelConfig(name=DEFAULT_MODEL_NAME)]
 
 
+class ObservabilityConfig(_Strict):
+    """Metrics, the latency SLI and request logs."""
+
+    latency_window_seconds: float = Field(
+        default=300.0, gt=0, description="Rolling window of /performance/latency."
+    )
+    latency_target_ms: float = Field(
+        default=50.0, gt=0, description="End-to-end latency a request should meet."
+    )
+    ttft_target_ms: float = Field(
+        default=50.0, gt=0, description="Time to first token a request should meet."
+    )
+    slo: float = Field(
+        default=0.95,
+        gt=0,
+        lt=1,
+        description="Share of requests that should meet the end-to-end target (error budget).",
+    )
+    latency_samples_per_model: int = Field(
+        default=10_000,
+        ge=100,
+        description="Most recent requests kept per model for the percentiles (bounds memory).",
+    )
+    log_requests: bool = Field(default=True, description="One JSON log line per request.")
+
+
 class Settings(BaseSettings):
     """The whole configuration of one service process."""
 
@@ -148,6 +174,7 @@ class Settings(BaseSettings):
     )
 
     server: ServerConfig = Field(default_factory=ServerConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
 
     @field_validator("models")

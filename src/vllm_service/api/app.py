@@ -7,11 +7,16 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
 from vllm_service import __version__
+from vllm_service.accounting.latency import LatencyWindow
+from vllm_service.accounting.metrics import Metrics
+from vllm_service.accounting.request_log import configure_request_log
 from vllm_service.api import openai, ops
 from vllm_service.api.errors import BodySizeLimit, install_error_handlers
+from vllm_service.api.observe import Observe
 from vllm_service.config import ModelConfig, Settings
 from vllm_service.engine import Engine, build_engine
 from vllm_service.manager import ModelManager
@@ -52,4 +57,30 @@ def create_app(
             allow_headers=["*"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_request_body_bytes)
+    obs = settings.observability
+    metrics = Metrics(latency_target=obs.latency_target_ms / 1e3)
+    latency = LatencyWindow(
+        window_seconds=obs.latency_window_seconds,
+        latency_target=obs.latency_target_ms / 1e3,
+        ttft_target=obs.ttft_target_ms / 1e3,
+        slo=obs.slo,
+        max_samples=obs.latency_samples_per_model,
+    )
+    if obs.log_requests:
+        configure_request_log()
+    app.state.metrics = metrics
+    app.state.latency = latency
+    # Outermost of ours: it times everything, including the 413s of the body limit.
+    app.add_middleware(
+        Observe,
+        metrics=metrics,
+        latency=latency,
+        routes=[
+            r.path
+            for rt in (openai.router, ops.router)
+            for r in rt.routes
+            if isinstance(r, APIRoute)
+        ],
+        log_requests=obs.log_requests,
+    )
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
 from vllm_service.engine import TokenDelta
@@ -21,9 +21,15 @@ _DONE: Final = object()
 class ChoiceStreams:
     """The engine iterators of one request's choices, primed and then merged."""
 
-    def __init__(self, streams: Sequence[AsyncIterator[TokenDelta]]) -> None:
+    def __init__(
+        self,
+        streams: Sequence[AsyncIterator[TokenDelta]],
+        on_final: Callable[[TokenDelta], None] | None = None,
+    ) -> None:
         self._streams = list(streams)
         self._first: list[TokenDelta] = []
+        #: Called with each choice's final delta (usage, timing) as it passes.
+        self._on_final = on_final
 
     async def prime(self) -> None:
         """Await every choice's first delta; on any failure close all and re-raise."""
@@ -46,6 +52,12 @@ class ChoiceStreams:
 
     async def merged(self) -> AsyncIterator[tuple[int, TokenDelta]]:
         """Deltas of all choices in arrival order; engine errors propagate."""
+        async for index, delta in self._merged():
+            if delta.finish_reason is not None and self._on_final is not None:
+                self._on_final(delta)
+            yield index, delta
+
+    async def _merged(self) -> AsyncIterator[tuple[int, TokenDelta]]:
         if len(self._streams) == 1:
             try:
                 yield 0, self._first[0]

@@ -23,6 +23,7 @@ from vllm_service.api.errors import (
     error_body,
     from_engine_error,
 )
+from vllm_service.api.observe import record_of
 from vllm_service.api.protocol import (
     UNSUPPORTED_CHAT_PARAMS,
     ChatChoice,
@@ -133,12 +134,26 @@ def _sampling(
 
 
 async def _start(
-    manager: ModelManager, served: ServedModel, requests: list[GenerationRequest]
+    request: Request,
+    manager: ModelManager,
+    served: ServedModel,
+    requests: list[GenerationRequest],
+    *,
+    stream: bool,
 ) -> ChoiceStreams:
     # An engine refusal raised here becomes an OpenAI error body in the app's EngineError
     # handler, before any byte of the response is sent.
-    streams = ChoiceStreams([manager.generate(served, r) for r in requests])
-    await streams.prime()
+    rec = record_of(request)
+    if rec is not None:
+        rec.model, rec.device, rec.stream = served.config.name, manager.device(served), stream
+    streams = ChoiceStreams(
+        [manager.generate(served, r) for r in requests],
+        on_final=rec.add_final if rec is not None else None,
+    )
+    await until_disconnected(request, streams.prime())
+    if rec is not None:
+        # Every choice has its first token now: the response can start.
+        rec.ttft = time.monotonic() - rec.started
     return streams
 
 
@@ -289,7 +304,7 @@ async def create_chat_completion(
         )
         for i in range(body.n)
     ]
-    streams = await until_disconnected(request, _start(manager, served, requests))
+    streams = await _start(request, manager, served, requests, stream=body.stream)
     created = int(time.time())
     if body.stream:
         return EventSourceResponse(
@@ -434,7 +449,7 @@ async def create_completion(
                     ),
                 )
             )
-    streams = await until_disconnected(request, _start(manager, served, requests))
+    streams = await _start(request, manager, served, requests, stream=body.stream)
     created = int(time.time())
     echo = [str(prompts[k // body.n]) if body.echo else "" for k in range(len(requests))]
     if body.stream:

@@ -1,13 +1,16 @@
-"""Operational endpoints: /health (liveness) and /ready (readiness)."""
+"""Operational endpoints: /health, /ready, /metrics and /performance/latency."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from vllm_service import __version__
+from vllm_service.accounting.latency import LatencyWindow
+from vllm_service.accounting.metrics import Metrics
 from vllm_service.api.openai import Manager
 
 router = APIRouter(tags=["ops"])
@@ -53,3 +56,18 @@ async def ready(manager: Manager) -> JSONResponse:
             headers={"Retry-After": "1"},
         )
     return JSONResponse({"status": "ready", "models": sorted(engines)})
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request, manager: Manager) -> Response:
+    """Prometheus metrics, text exposition format."""
+    registry: Metrics = request.app.state.metrics
+    registry.refresh_engines(await manager.health())
+    return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/performance/latency")
+async def performance_latency(request: Request) -> JSONResponse:
+    """Latency SLI per model over the rolling window: percentiles, targets met, budget burn."""
+    window: LatencyWindow = request.app.state.latency
+    return JSONResponse(window.report())

@@ -38,6 +38,7 @@ class ModelManager:
         self._served = [ServedModel(config=m, engine=engine_factory(m)) for m in models]
         self._by_name = {name: s for s in self._served for name in s.config.all_names}
         self.startup_error: BaseException | None = None
+        self._devices: dict[str, str] = {}
 
     @property
     def served(self) -> list[ServedModel]:
@@ -49,6 +50,10 @@ class ModelManager:
         except KeyError:
             raise UnknownModelError(model) from None
 
+    def device(self, served: ServedModel) -> str | None:
+        """The device the model's engine runs on, once it has started."""
+        return self._devices.get(served.config.name)
+
     def generate(self, served: ServedModel, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
         return served.engine.generate(req)
 
@@ -59,6 +64,8 @@ class ModelManager:
         except Exception as exc:
             logger.exception("an engine failed to start")
             self.startup_error = exc
+        for name, health in (await self.health()).items():
+            self._devices[name] = health.device
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.engine.stop() for s in self._served), return_exceptions=True)

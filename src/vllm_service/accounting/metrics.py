@@ -1,0 +1,190 @@
+"""Prometheus metrics of the service: requests, tokens, latency, and the engines' own state.
+
+Label sets are bounded: model names come from the configuration, routes from the app's route
+table (anything else is "other"), statuses are HTTP codes. No request ids or user text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from vllm_service.accounting.request_log import RequestRecord
+from vllm_service.engine.base import EngineHealth
+
+#: vllm_request_duration_seconds buckets: 5 ms ... 2 s, then +Inf.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0)
+#: Time to first token and queue time reach seconds under load.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Inter-token latency and time per output token.
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0)
+
+#: Engine stats (from /health's detail) exported as counters and gauges.
+_ENGINE_COUNTERS = {
+    "prefix_cache_hit_tokens": "Prompt tokens served from the prefix cache.",
+    "prompt_tokens": "Prompt tokens of sequences the engine admitted.",
+    "preemptions": "Sequences preempted (recomputed later) for lack of KV cache.",
+    "aborted": "Sequences aborted because their client went away.",
+    "queue_timeouts": "Requests that waited longer than queue_timeout for a slot.",
+    "rejected": "Requests refused because the waiting queue was full.",
+}
+_ENGINE_GAUGES = {
+    "running": ("vllm_num_requests_running", "Sequences generating now."),
+    "waiting": ("vllm_num_requests_waiting", "Sequences waiting for a slot."),
+    "waiting_tokens": ("vllm_num_waiting_prompt_tokens", "Prompt tokens waiting for a slot."),
+    "kv_cells_used": ("vllm_kv_cache_cells_used", "KV cache cells holding data."),
+    "kv_cells_cached": ("vllm_kv_cache_cells_cached", "KV cells kept only for prefix reuse."),
+    "kv_cells_total": ("vllm_kv_cache_cells_total", "KV cache cells in all."),
+}
+
+
+class _EngineCollector(Collector):
+    """Reads the engines' stats as last refreshed by ``Metrics.refresh_engines``."""
+
+    def __init__(self) -> None:
+        self.snapshot: Mapping[str, EngineHealth] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily("vllm_engine_up", "1 when the engine is ready.", labels=["model"])
+        usage = GaugeMetricFamily(
+            "vllm_kv_cache_usage_ratio",
+            "Share of KV cells used by running sequences (cached prefixes excluded).",
+            labels=["model"],
+        )
+        gauges = {
+            key: GaugeMetricFamily(name, doc, labels=["model"])
+            for key, (name, doc) in _ENGINE_GAUGES.items()
+        }
+        counters = {
+            key: CounterMetricFamily(f"vllm_engine_{key}", doc, labels=["model"])
+            for key, doc in _ENGINE_COUNTERS.items()
+        }
+        for model, health in self.snapshot.items():
+            up.add_metric([model], 1.0 if health.ready else 0.0)
+            detail = health.detail
+            for key, gauge in gauges.items():
+                if isinstance(detail.get(key), int | float):
+                    gauge.add_metric([model], float(detail[key]))
+            for key, counter in counters.items():
+                if isinstance(detail.get(key), int | float):
+                    counter.add_metric([model], float(detail[key]))
+            total, used, cached = (
+                detail.get(k) for k in ("kv_cells_total", "kv_cells_used", "kv_cells_cached")
+            )
+            if isinstance(total, int) and total and isinstance(used, int):
+                live = used - (cached if isinstance(cached, int) else 0)
+                usage.add_metric([model], live / total)
+        yield up
+        yield usage
+        yield from gauges.values()
+        yield from counters.values()
+
+
+class Metrics:
+    """The service's metrics in their own registry (one per app, so tests can build many)."""
+
+    def __init__(self, *, latency_target: float) -> None:
+        self.latency_target = latency_target
+        self.registry = CollectorRegistry()
+        r = self.registry
+        labels = ["model", "route", "status"]
+        self.request_duration = Histogram(
+            "vllm_request_duration_seconds",
+            "End-to-end request latency, from arrival to the response's last byte.",
+            labels,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter("vllm_requests", "Requests answered.", labels, registry=r)
+        self.latency_target_met = Counter(
+            "vllm_latency_target_met",
+            "Successful requests that met the end-to-end latency target.",
+            ["model"],
+            registry=r,
+        )
+        self.tokens_generated = Counter(
+            "vllm_tokens_generated", "Completion tokens generated.", ["model"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "vllm_prompt_tokens", "Prompt tokens received.", ["model"], registry=r
+        )
+        self.cached_prompt_tokens = Counter(
+            "vllm_prompt_tokens_cached",
+            "Prompt tokens whose KV came from the prefix cache.",
+            ["model"],
+            registry=r,
+        )
+        self.device_requests = Counter(
+            "vllm_device_requests",
+            "Generation requests by the device that served them (cpu, cuda, mps).",
+            ["device"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "vllm_time_to_first_token_seconds",
+            "From arrival to the first output token.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "vllm_inter_token_latency_seconds",
+            "Gap between consecutive output tokens, as the engine produced them.",
+            ["model"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "vllm_time_per_output_token_seconds",
+            "Mean time per output token after the first, per request.",
+            ["model"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "vllm_request_queue_time_seconds",
+            "Time a request waited for a sequence slot.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "vllm_requests_in_flight", "Requests being served now.", ["route"], registry=r
+        )
+        self._engines = _EngineCollector()
+        r.register(self._engines)
+
+    def refresh_engines(self, snapshot: Mapping[str, EngineHealth]) -> None:
+        self._engines.snapshot = snapshot
+
+    def observe(self, rec: RequestRecord) -> None:
+        model = rec.model or "none"
+        status = str(rec.status)
+        latency = rec.latency if rec.latency is not None else 0.0
+        self.request_duration.labels(model, rec.route, status).observe(latency)
+        self.requests.labels(model, rec.route, status).inc()
+        if rec.model is None:
+            return
+        if rec.status < 400 and latency <= self.latency_target:
+            self.latency_target_met.labels(model).inc()
+        if rec.device is not None:
+            self.device_requests.labels(rec.device).inc()
+        self.prompt_tokens.labels(model).inc(rec.prompt_tokens)
+        self.cached_prompt_tokens.labels(model).inc(rec.cached_tokens)
+        self.tokens_generated.labels(model).inc(rec.completion_tokens)
+        if rec.ttft is not None:
+            self.ttft.labels(model).observe(rec.ttft)
+        if rec.queue_time is not None:
+            self.queue_time.labels(model).observe(rec.queue_time)
+        itl = self.itl.labels(model)
+        for gap in rec.inter_token_times:
+            itl.observe(gap)
+        tpot = rec.time_per_output_token
+        if tpot is not None:
+            self.tpot.labels(model).observe(tpot)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,89 @@
+"""One request as the accounting layer sees it, and its JSON log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from vllm_service.engine.base import TokenDelta
+
+logger = logging.getLogger("vllm_service.requests")
+
+
+def configure_request_log() -> None:
+    """Request lines go to stdout as bare JSON, one per line, whatever the root format."""
+    if any(getattr(h, "_vllm_service_requests", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._vllm_service_requests = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@dataclass
+class RequestRecord:
+    """Filled in while a request runs: by the middleware (HTTP side) and the route (model side).
+
+    Holds no prompt or completion text: only numbers and bounded names.
+    """
+
+    request_id: str
+    route: str
+    method: str
+    started: float
+    status: int = 0
+    model: str | None = None
+    device: str | None = None
+    stream: bool = False
+    #: Seconds from the request's arrival to its response's end, and to its first token.
+    latency: float | None = None
+    ttft: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    queue_time: float | None = None
+    inter_token_times: list[float] = field(default_factory=list)
+    finished_choices: int = 0
+
+    def add_final(self, delta: TokenDelta) -> None:
+        """Account one choice's final delta (usage, and the engine's own timing)."""
+        self.finished_choices += 1
+        if delta.usage is not None:
+            # Every choice of a request shares its prompt; completions add up.
+            self.prompt_tokens = delta.usage.prompt_tokens
+            self.cached_tokens = max(self.cached_tokens, delta.usage.cached_tokens)
+            self.completion_tokens += delta.usage.completion_tokens
+        if delta.timing is not None:
+            if self.queue_time is None:
+                self.queue_time = delta.timing.queue_time
+            self.inter_token_times.extend(delta.timing.inter_token_times)
+
+    @property
+    def time_per_output_token(self) -> float | None:
+        """Mean gap between output tokens after the first (vLLM's TPOT)."""
+        if self.latency is None or self.ttft is None or self.completion_tokens < 2:
+            return None
+        return (self.latency - self.ttft) / (self.completion_tokens - 1)
+
+    def log(self) -> None:
+        line = {
+            "event": "request",
+            "request_id": self.request_id,
+            "method": self.method,
+            "route": self.route,
+            "status": self.status,
+            "model": self.model,
+            "device": self.device,
+            "stream": self.stream,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "latency_ms": None if self.latency is None else round(self.latency * 1e3, 3),
+            "ttft_ms": None if self.ttft is None else round(self.ttft * 1e3, 3),
+            "queue_ms": None if self.queue_time is None else round(self.queue_time * 1e3, 3),
+        }
+        logger.info(json.dumps(line))

@@ -1,0 +1,103 @@
+"""ASGI middleware that observes every request: id, timing, status, then metrics and logs.
+
+It only watches: the request id is read from ``X-Request-ID`` (or made) and echoed back, the
+routes fill in what they know (model, tokens, first token) on the ``RequestRecord`` in the
+request's state, and the record goes to the accounting layer after the last byte is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vllm_service.accounting.latency import LatencyWindow
+from vllm_service.accounting.metrics import Metrics
+from vllm_service.accounting.request_log import RequestRecord
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def record_of(request: Request) -> RequestRecord | None:
+    """The record the middleware attached to this request, if any."""
+    rec = getattr(request.state, "record", None)
+    return rec if isinstance(rec, RequestRecord) else None
+
+
+class Observe:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        latency: LatencyWindow,
+        routes: Iterable[str],
+        log_requests: bool,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.latency = latency
+        self.routes = frozenset(routes)
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        request_id = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _VALID_ID.match(candidate):
+                    request_id = candidate
+        request_id = request_id or uuid.uuid4().hex
+        path = scope.get("path", "")
+        route = path if path in self.routes else "other"
+        rec = RequestRecord(
+            request_id=request_id, route=route, method=scope.get("method", ""), started=started
+        )
+        scope.setdefault("state", {})["record"] = rec
+        in_flight = self.metrics.in_flight.labels(route)
+        in_flight.inc()
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                rec.status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                rec.latency = time.monotonic() - started
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except BaseException:
+            rec.status = rec.status or 500
+            raise
+        finally:
+            in_flight.dec()
+            if rec.latency is None:
+                rec.latency = time.monotonic() - started
+            self._account(rec)
+
+    def _account(self, rec: RequestRecord) -> None:
+        try:
+            self.metrics.observe(rec)
+            if rec.model is not None:
+                self.latency.observe(
+                    rec.model, rec.latency or 0.0, rec.ttft, failed=rec.status >= 500
+                )
+            if self.log_requests:
+                rec.log()
+        except Exception:  # observing must never break serving
+            logger.exception("could not account request %s", rec.request_id)

@@ -1,0 +1,207 @@
+"""/metrics, /performance/latency and request ids, against a service with known traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import MODEL, Service, free_port, start_service
+
+pytestmark = pytest.mark.integration
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A service of its own, so every request it counts is one these tests sent."""
+    config = {"models": [{"name": MODEL, "options": {"max_model_len": 512, "max_num_seqs": 4}}]}
+    svc = start_service(tmp_path_factory.mktemp("observed"), config)
+    yield svc
+    svc.stop()
+
+
+def scrape(service: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx2.get(f"{service.base_url}/metrics", timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def chat_body(**fields: object) -> dict[str, object]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 6,
+        "temperature": 0,
+        **fields,
+    }
+
+
+def test_metrics_count_a_known_sequence_of_requests(observed: Service) -> None:
+    base = observed.base_url
+    before = scrape(observed)
+    usages = []
+    with httpx2.Client(base_url=base, timeout=60) as http:
+        for _ in range(2):
+            r = http.post(CHAT, json=chat_body())
+            assert r.status_code == 200
+            usages.append(r.json()["usage"])
+        r = http.post(CHAT, json=chat_body(stream=True, stream_options={"include_usage": True}))
+        assert r.status_code == 200
+        # The usage chunk is the one before [DONE].
+        events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+        usages.append(json.loads(events[-2])["usage"])
+        r = http.post("/v1/completions", json={"model": MODEL, "prompt": "Once", "max_tokens": 5})
+        assert r.status_code == 200
+        usages.append(r.json()["usage"])
+        assert http.post(CHAT, json=chat_body(messages=[])).status_code == 400
+        assert http.post(CHAT, json=chat_body(model="no-such-model")).status_code == 404
+    after = scrape(observed)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    ok_chat = {"model": MODEL, "route": CHAT, "status": "200"}
+    assert delta("vllm_requests_total", **ok_chat) == 3
+    assert delta("vllm_request_duration_seconds_count", **ok_chat) == 3
+    assert delta("vllm_requests_total", model=MODEL, route="/v1/completions", status="200") == 1
+    # Rejected before a model was chosen: counted, with model "none".
+    assert delta("vllm_requests_total", model="none", route=CHAT, status="400") == 1
+    assert delta("vllm_requests_total", model="none", route=CHAT, status="404") == 1
+    completion = sum(u["completion_tokens"] for u in usages)
+    assert delta("vllm_tokens_generated_total", model=MODEL) == completion
+    assert delta("vllm_prompt_tokens_total", model=MODEL) == sum(u["prompt_tokens"] for u in usages)
+    assert delta("vllm_device_requests_total", device="cpu") == 4
+    assert delta("vllm_time_to_first_token_seconds_count", model=MODEL) == 4
+    assert delta("vllm_request_queue_time_seconds_count", model=MODEL) == 4
+    # One inter-token gap per output token after the first.
+    gaps = sum(u["completion_tokens"] - 1 for u in usages)
+    assert delta("vllm_inter_token_latency_seconds_count", model=MODEL) == gaps
+    # The engine's own state is exported at scrape time.
+    assert value(after, "vllm_engine_up", model=MODEL) == 1
+    assert value(after, "vllm_num_requests_running", model=MODEL) == 0
+    assert value(after, "vllm_kv_cache_cells_total", model=MODEL) == 512 * 4
+    assert value(after, "vllm_requests_in_flight", route=CHAT) == 0
+
+
+def test_request_id_is_echoed_or_made(observed: Service) -> None:
+    with httpx2.Client(base_url=observed.base_url, timeout=60) as http:
+        given = http.post(CHAT, json=chat_body(), headers={"X-Request-ID": "trace-42"})
+        made = http.post(CHAT, json=chat_body())
+        bad = http.post(CHAT, json=chat_body(), headers={"X-Request-ID": "no spaces allowed"})
+    assert given.headers["x-request-id"] == "trace-42"
+    assert len(made.headers["x-request-id"]) == 32
+    assert bad.headers["x-request-id"] != "no spaces allowed"
+    log = observed.log()
+    assert '"request_id": "trace-42"' in log
+    # Prompts are never logged.
+    assert "Say hello." not in log
+
+
+def test_latency_endpoint_agrees_with_the_client(observed: Service) -> None:
+    measured = []
+    with httpx2.Client(base_url=observed.base_url, timeout=60) as http:
+        http.post(CHAT, json=chat_body(model=MODEL, max_tokens=1))
+        for i in range(12):
+            body = chat_body(
+                max_tokens=4 + i % 5, messages=[{"role": "user", "content": f"Hi {i}"}]
+            )
+            started = time.perf_counter()
+            assert http.post(CHAT, json=body).status_code == 200
+            measured.append(time.perf_counter() - started)
+        report = http.get("/performance/latency").json()
+    stats = report["models"][MODEL]
+    assert report["window_seconds"] == 300
+    assert stats["count"] >= 12
+    client_p50 = statistics.median(measured) * 1e3
+    server_p50 = stats["latency_ms"]["p50"]
+    # The server's clock starts after the client's and stops before it: never more, and the
+    # difference is loopback HTTP overhead (bounded relative to the request, not by a clock).
+    assert server_p50 <= client_p50 * 1.05
+    assert server_p50 >= client_p50 * 0.5
+    assert stats["latency_ms"]["p50"] <= stats["latency_ms"]["p90"] <= stats["latency_ms"]["p99"]
+    assert 0.0 <= stats["latency_target_met"] <= 1.0
+    assert stats["error_budget_burn"] >= 0
+
+
+def test_prometheus_scrapes_the_service(observed: Service, tmp_path: Path) -> None:
+    """A real Prometheus server scrapes /metrics; PromQL returns the count we sent."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("prometheus is not installed (.ci/run installs it)")
+        pytest.skip("prometheus is not installed")
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "vllm-service",
+                "static_configs": [{"targets": [f"127.0.0.1:{observed.port}"]}],
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with httpx2.Client(base_url=observed.base_url, timeout=60) as http:
+        before = value(
+            scrape(observed),
+            "vllm_requests_total",
+            model=MODEL,
+            route="/v1/completions",
+            status="200",
+        )
+        for _ in range(3):
+            r = http.post("/v1/completions", json={"model": MODEL, "prompt": "A", "max_tokens": 2})
+            assert r.status_code == 200
+    log = (tmp_path / "prometheus.log").open("wb")
+    prom = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    query = f'sum(vllm_requests_total{{route="/v1/completions",status="200",model="{MODEL}"}})'
+    try:
+        deadline = time.monotonic() + 60
+        result = None
+        while time.monotonic() < deadline:
+            try:
+                r = httpx2.get(
+                    f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=5
+                )
+                data = r.json()["data"]["result"]
+                if data:
+                    result = float(data[0]["value"][1])
+                    break
+            except (httpx2.TransportError, KeyError, ValueError):
+                pass
+            time.sleep(0.5)
+        assert result == before + 3
+    finally:
+        prom.terminate()
+        prom.wait(timeout=20)
+        log.close()
