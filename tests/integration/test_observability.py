@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -21,6 +22,36 @@ from tests.conftest import MODEL, Service, free_port, start_service
 pytestmark = pytest.mark.integration
 
 CHAT = "/v1/chat/completions"
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
+ALERTS = ROOT / "deploy/prometheus/alerts.yml"
+
+
+def dashboard_queries() -> list[str]:
+    return [
+        target["expr"]
+        for path in DASHBOARDS
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def alert_queries() -> list[str]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule["expr"] for group in groups for rule in group["rules"]]
+
+
+def exported_names(service: Service) -> set[str]:
+    """Every series name /metrics can carry, whether or not it has samples yet."""
+    text = httpx2.get(f"{service.base_url}/metrics", timeout=10).text
+    names = set()
+    for family in text_string_to_metric_families(text):
+        suffixes = {
+            "counter": ["_total"],
+            "histogram": ["_bucket", "_sum", "_count"],
+        }.get(family.type, [""])
+        names.update(family.name + suffix for suffix in suffixes)
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +175,16 @@ def test_latency_endpoint_agrees_with_the_client(observed: Service) -> None:
     assert stats["error_budget_burn"] >= 0
 
 
+def test_dashboards_and_alerts_name_only_exported_metrics(observed: Service) -> None:
+    exported = exported_names(observed)
+    queries = dashboard_queries() + alert_queries()
+    assert len(DASHBOARDS) == 3
+    assert len(queries) > 20
+    for query in queries:
+        for name in re.findall(r"\bvllm_[a-z_]+\b", query):
+            assert name in exported, f"{name} (in {query!r}) is not exported"
+
+
 def test_prometheus_scrapes_the_service(observed: Service, tmp_path: Path) -> None:
     """A real Prometheus server scrapes /metrics; PromQL returns the count we sent."""
     binary = shutil.which("prometheus")
@@ -201,6 +242,10 @@ def test_prometheus_scrapes_the_service(observed: Service, tmp_path: Path) -> No
                 pass
             time.sleep(0.5)
         assert result == before + 3
+        # Every dashboard and alert query parses and runs in a real Prometheus.
+        for q in dashboard_queries() + alert_queries():
+            r = httpx2.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": q}, timeout=5)
+            assert r.json()["status"] == "success", (q, r.text)
     finally:
         prom.terminate()
         prom.wait(timeout=20)

@@ -1,0 +1,144 @@
+"""Writes the Grafana dashboards of vllm-service (JSON) from the panel lists below.
+
+    python deploy/grafana/build_dashboards.py
+
+Every query uses only metrics the service exports; the test suite checks that against a live
+/metrics and parses each query with a real Prometheus.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).parent / "dashboards"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+Panel = tuple[str, str, list[tuple[str, str]], str]  # title, kind, [(expr, legend)], unit
+
+DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
+    "vllm-executive": (
+        "vllm-service: executive",
+        [
+            ("Requests per second", "timeseries",
+             [("sum(rate(vllm_requests_total{status=~\"2..\"}[5m]))", "answered")], "reqps"),
+            ("Tokens generated per second", "timeseries",
+             [("sum by (model) (rate(vllm_tokens_generated_total[5m]))", "{{model}}")], "short"),
+            ("Tokens generated (24 h)", "stat",
+             [("sum(increase(vllm_tokens_generated_total[24h]))", "tokens")], "short"),
+            ("Prompt tokens served from the prefix cache", "stat",
+             [("sum(rate(vllm_prompt_tokens_cached_total[1h])) / "
+               "sum(rate(vllm_prompt_tokens_total[1h]))", "share")], "percentunit"),
+            ("Requests meeting the latency target", "stat",
+             [("sum(rate(vllm_latency_target_met_total[1h])) / "
+               "sum(rate(vllm_requests_total{status=~\"2..\",model!=\"none\"}[1h]))", "share")],
+             "percentunit"),
+            ("Requests by device", "piechart",
+             [("sum by (device) (increase(vllm_device_requests_total[24h]))", "{{device}}")],
+             "short"),
+        ],
+    ),
+    "vllm-technical": (
+        "vllm-service: technical",
+        [
+            ("End-to-end latency", "timeseries",
+             [(f"histogram_quantile({q}, sum by (le) "
+               f"(rate(vllm_request_duration_seconds_bucket{{model!=\"none\"}}[5m])))", f"p{p}")
+              for q, p in ((0.5, 50), (0.95, 95), (0.99, 99))], "s"),
+            ("Time to first token", "timeseries",
+             [(f"histogram_quantile({q}, sum by (le) "
+               f"(rate(vllm_time_to_first_token_seconds_bucket[5m])))", f"p{p}")
+              for q, p in ((0.5, 50), (0.95, 95), (0.99, 99))], "s"),
+            ("Inter-token latency", "timeseries",
+             [(f"histogram_quantile({q}, sum by (le) "
+               f"(rate(vllm_inter_token_latency_seconds_bucket[5m])))", f"p{p}")
+              for q, p in ((0.5, 50), (0.95, 95))], "s"),
+            ("Time per output token", "timeseries",
+             [("histogram_quantile(0.5, sum by (le) "
+               "(rate(vllm_time_per_output_token_seconds_bucket[5m])))", "p50")], "s"),
+            ("Output tokens per second", "timeseries",
+             [("sum by (model) (rate(vllm_tokens_generated_total[5m]))", "{{model}}")], "short"),
+            ("Errors per second by status", "timeseries",
+             [("sum by (status) (rate(vllm_requests_total{status=~\"[45]..\"}[5m]))",
+               "{{status}}")], "reqps"),
+        ],
+    ),
+    "vllm-operations": (
+        "vllm-service: operations",
+        [
+            ("Replicas up", "stat", [("sum(up{job=\"vllm-service\"})", "up")], "short"),
+            ("Engines ready", "stat", [("sum by (model) (vllm_engine_up)", "{{model}}")],
+             "short"),
+            ("Running and waiting sequences", "timeseries",
+             [("sum by (model) (vllm_num_requests_running)", "running {{model}}"),
+              ("sum by (model) (vllm_num_requests_waiting)", "waiting {{model}}")], "short"),
+            ("KV cache usage", "timeseries",
+             [("max by (model) (vllm_kv_cache_usage_ratio)", "{{model}}")], "percentunit"),
+            ("Queue time p95", "timeseries",
+             [("histogram_quantile(0.95, sum by (le) "
+               "(rate(vllm_request_queue_time_seconds_bucket[5m])))", "p95")], "s"),
+            ("Refused and timed-out requests", "timeseries",
+             [("sum by (model) (rate(vllm_engine_rejected_total[5m]))", "queue full {{model}}"),
+              ("sum by (model) (rate(vllm_engine_queue_timeouts_total[5m]))",
+               "queue timeout {{model}}")], "reqps"),
+            ("Prefix-cache hit tokens per second", "timeseries",
+             [("sum by (model) (rate(vllm_engine_prefix_cache_hit_tokens_total[5m]))",
+               "{{model}}")], "short"),
+            ("Aborted sequences and preemptions", "timeseries",
+             [("sum by (model) (rate(vllm_engine_aborted_total[5m]))", "aborted {{model}}"),
+              ("sum by (model) (rate(vllm_engine_preemptions_total[5m]))",
+               "preempted {{model}}")], "short"),
+            ("Requests in flight", "timeseries",
+             [("sum by (route) (vllm_requests_in_flight)", "{{route}}")], "short"),
+        ],
+    ),
+}  # fmt: skip
+
+
+def panel(i: int, title: str, kind: str, targets: list[tuple[str, str]], unit: str) -> Any:
+    return {
+        "id": i + 1,
+        "title": title,
+        "type": kind,
+        "datasource": DS,
+        "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [
+            {"refId": chr(ord("A") + j), "datasource": DS, "expr": expr, "legendFormat": legend}
+            for j, (expr, legend) in enumerate(targets)
+        ],
+    }
+
+
+def dashboard(uid: str, title: str, panels: list[Panel]) -> Any:
+    return {
+        "uid": uid,
+        "title": title,
+        "tags": ["vllm-service"],
+        "schemaVersion": 39,
+        "time": {"from": "now-6h", "to": "now"},
+        "refresh": "30s",
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "label": "Prometheus",
+                }
+            ]
+        },
+        "panels": [panel(i, *p) for i, p in enumerate(panels)],
+    }
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    for uid, (title, panels) in DASHBOARDS.items():
+        text = json.dumps(dashboard(uid, title, panels), indent=2) + "\n"
+        (OUT / f"{uid}.json").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
