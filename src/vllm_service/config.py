@@ -162,6 +162,11 @@ class ObservabilityConfig(_Strict):
         description="Most recent requests kept per model for the percentiles (bounds memory).",
     )
     log_requests: bool = Field(default=True, description="One JSON log line per request.")
+    tracing: bool = Field(
+        default=False,
+        description="Export OpenTelemetry traces over OTLP, configured by the OTEL_* "
+        "environment variables (install the 'tracing' extra).",
+    )
 
 
 class Settings(BaseSettings):

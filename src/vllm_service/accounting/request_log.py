@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from vllm_service.engine.base import TokenDelta
+from vllm_service.engine.base import Timing, TokenDelta
 
 logger = logging.getLogger("vllm_service.requests")
 
@@ -48,6 +48,8 @@ class RequestRecord:
     queue_time: float | None = None
     inter_token_times: list[float] = field(default_factory=list)
     finished_choices: int = 0
+    #: The engine's timing of each finished choice (for trace spans).
+    timings: list[Timing] = field(default_factory=list)
 
     def add_final(self, delta: TokenDelta) -> None:
         """Account one choice's final delta (usage, and the engine's own timing)."""
@@ -58,6 +60,7 @@ class RequestRecord:
             self.cached_tokens = max(self.cached_tokens, delta.usage.cached_tokens)
             self.completion_tokens += delta.usage.completion_tokens
         if delta.timing is not None:
+            self.timings.append(delta.timing)
             if self.queue_time is None:
                 self.queue_time = delta.timing.queue_time
             self.inter_token_times.extend(delta.timing.inter_token_times)

@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
+from opentelemetry import trace
 from starlette.middleware.cors import CORSMiddleware
 
 from vllm_service import __version__
 from vllm_service.accounting.latency import LatencyWindow
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import configure_request_log
+from vllm_service.accounting.tracing import TRACER_NAME
 from vllm_service.api import openai, ops
 from vllm_service.api.errors import BodySizeLimit, install_error_handlers
 from vllm_service.api.observe import Observe
@@ -23,9 +26,14 @@ from vllm_service.manager import ModelManager
 
 
 def create_app(
-    settings: Settings, engine_factory: Callable[[ModelConfig], Engine] = build_engine
+    settings: Settings,
+    engine_factory: Callable[[ModelConfig], Engine] = build_engine,
+    telemetry: TelemetryConfig | None = None,
 ) -> FastAPI:
-    """Build the app; engines are constructed (and their config checked) here, loaded later."""
+    """Build the app; engines are constructed (and their config checked) here, loaded later.
+
+    ``telemetry`` overrides FastAPI's OpenTelemetry settings (tests pass their own provider).
+    """
     manager = ModelManager(settings.models, engine_factory)
 
     @contextlib.asynccontextmanager
@@ -38,12 +46,21 @@ def create_app(
             await loading
             await manager.stop()
 
+    obs = settings.observability
+    # Spans only: metrics are Prometheus', and the request log is ours. With tracing on,
+    # FastAPI configures OTLP exporters from the standard OTEL_* environment variables.
+    otel: TelemetryConfig = {"metrics": False, "logs": False, "auto_configure": obs.tracing}
+    otel.update(telemetry or {})
     app = FastAPI(
         title="vllm-service",
         version=__version__,
         description="A self-hosted, OpenAI-compatible LLM service.",
         lifespan=lifespan,
+        telemetry=otel,
     )
+    provider = otel.get("tracer_provider") or trace.get_tracer_provider()
+    tracer = provider.get_tracer(TRACER_NAME, __version__)
+    app.state.tracer = tracer
     app.state.manager = manager
     app.state.server_config = settings.server
     install_error_handlers(app)
@@ -57,7 +74,6 @@ def create_app(
             allow_headers=["*"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_request_body_bytes)
-    obs = settings.observability
     metrics = Metrics(latency_target=obs.latency_target_ms / 1e3)
     latency = LatencyWindow(
         window_seconds=obs.latency_window_seconds,
@@ -82,5 +98,6 @@ def create_app(
             if isinstance(r, APIRoute)
         ],
         log_requests=obs.log_requests,
+        tracer=tracer,
     )
     return app

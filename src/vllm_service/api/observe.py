@@ -13,12 +13,14 @@ import time
 import uuid
 from collections.abc import Iterable
 
+from opentelemetry import trace
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vllm_service.accounting.latency import LatencyWindow
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import RequestRecord
+from vllm_service.accounting.tracing import emit_engine_spans
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,9 @@ class Observe:
         latency: LatencyWindow,
         routes: Iterable[str],
         log_requests: bool,
+        tracer: trace.Tracer,
     ) -> None:
+        self.tracer = tracer
         self.app = app
         self.metrics = metrics
         self.latency = latency
@@ -97,6 +101,8 @@ class Observe:
                 self.latency.observe(
                     rec.model, rec.latency or 0.0, rec.ttft, failed=rec.status >= 500
                 )
+            if rec.timings:
+                emit_engine_spans(self.tracer, rec)
             if self.log_requests:
                 rec.log()
         except Exception:  # observing must never break serving

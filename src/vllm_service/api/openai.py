@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse, format_sse_event
+from opentelemetry import trace
 
 from vllm_service import __version__
 from vllm_service.api.choices import ChoiceStreams
@@ -84,11 +85,13 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 # -- shared request handling -----------------------------------------------------------------
 
 
-def _resolve(manager: ModelManager, model: str) -> ServedModel:
-    try:
-        return manager.resolve(model)
-    except UnknownModelError:
-        raise ModelNotFound(model) from None
+def _resolve(request: Request, manager: ModelManager, model: str) -> ServedModel:
+    tracer: trace.Tracer = request.app.state.tracer
+    with tracer.start_as_current_span("vllm.route", attributes={"vllm.requested_model": model}):
+        try:
+            return manager.resolve(model)
+        except UnknownModelError:
+            raise ModelNotFound(model) from None
 
 
 def _check_common(body: SamplingFields, server: ServerConfig) -> None:
@@ -284,7 +287,7 @@ async def create_chat_completion(
     for name in UNSUPPORTED_CHAT_PARAMS:
         if extra.get(name) is not None:
             raise InvalidRequest(f"'{name}' is not supported by this server.", param=name)
-    served = _resolve(manager, body.model)
+    served = _resolve(request, manager, body.model)
     messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
     json_object, json_schema = _response_format(body)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
@@ -431,7 +434,7 @@ async def create_completion(
             f"prompts x n may be at most {server.max_n}, got {len(prompts) * body.n}.",
             param="n",
         )
-    served = _resolve(manager, body.model)
+    served = _resolve(request, manager, body.model)
     request_id = _new_id("cmpl")
     requests = []
     for p_index, prompt in enumerate(prompts):

@@ -103,6 +103,8 @@ class Timing:
     time_to_first_token: float
     #: Gaps between consecutive output tokens.
     inter_token_times: tuple[float, ...] = ()
+    #: When the engine received the sequence (``time.monotonic()`` seconds).
+    submitted_at: float = 0.0
 
     @property
     def decode_time(self) -> float:

@@ -118,6 +118,7 @@ class Sequence:
             queue_time=scheduled - self.submitted_at,
             time_to_first_token=first - self.submitted_at,
             inter_token_times=tuple(self.inter_token_times),
+            submitted_at=self.submitted_at,
         )
 
 
