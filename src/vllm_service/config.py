@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_HOST = "127.0.0.1"
@@ -104,6 +113,41 @@ class LlamaCppOptions(_Strict):
         return self
 
 
+class UpstreamOptions(_Strict):
+    """Options of an upstream engine: any OpenAI-compatible server (vLLM, OpenAI, ...)."""
+
+    base_url: str = Field(
+        pattern=r"^https?://",
+        description="The server's OpenAI API root, e.g. http://gpu-node:8000/v1.",
+    )
+    model: str = Field(min_length=1, description="The model name the upstream serves.")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the API key (never the key).",
+    )
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to connect.")
+    read_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds the upstream may stay silent mid-answer."
+    )
+    total_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds one whole answer may take."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra headers sent with every request."
+    )
+    max_connections: int = Field(default=100, ge=1, description="Pooled connections.")
+    max_model_len: int = Field(
+        default=DEFAULT_MAX_MODEL_LEN, ge=16, description="Context length /v1/models reports."
+    )
+
+
+def _options_kind(value: object) -> str:
+    """Which options a model entry holds: an upstream's are the ones with a base_url."""
+    if isinstance(value, dict):
+        return "upstream" if "base_url" in value else "llamacpp"
+    return "upstream" if isinstance(value, UpstreamOptions) else "llamacpp"
+
+
 class ModelConfig(_Strict):
     """One served model: its public name, aliases and engine."""
 
@@ -111,8 +155,19 @@ class ModelConfig(_Strict):
     aliases: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Other names for this model, e.g. gpt-3.5-turbo."
     )
-    engine: Literal["llamacpp"] = "llamacpp"
-    options: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
+    engine: Literal["llamacpp", "upstream"] = "llamacpp"
+    options: Annotated[
+        Annotated[LlamaCppOptions, Tag("llamacpp")] | Annotated[UpstreamOptions, Tag("upstream")],
+        Discriminator(_options_kind),
+    ] = Field(default_factory=LlamaCppOptions)
+
+    @model_validator(mode="after")
+    def _options_match_engine(self) -> ModelConfig:
+        if self.engine == "upstream" and not isinstance(self.options, UpstreamOptions):
+            raise ValueError("an upstream engine needs options.base_url and options.model")
+        if self.engine == "llamacpp" and not isinstance(self.options, LlamaCppOptions):
+            raise ValueError("options.base_url belongs to engine 'upstream'")
+        return self
 
     @property
     def all_names(self) -> list[str]:
@@ -209,7 +264,13 @@ class Settings(BaseSettings):
 def _format_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        # A model's options are a tagged union: the tag is not part of the user's key path.
+        loc = [
+            part
+            for i, part in enumerate(item["loc"])
+            if not (i and item["loc"][i - 1] == "options" and part in ("llamacpp", "upstream"))
+        ]
+        path = ".".join(str(part) for part in loc) or "(top level)"
         lines.append(f"  {path}: {item['msg']}")
     return "\n".join(lines)
 

@@ -52,3 +52,35 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     listed.write_text("- 1\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(listed)
+
+
+def test_upstream_models_read_their_own_options() -> None:
+    from vllm_service.config import UpstreamOptions, load_settings
+
+    settings = load_settings(
+        None,
+        models=[
+            {
+                "name": "remote",
+                "engine": "upstream",
+                "options": {"base_url": "http://gpu:8000/v1", "model": "meta/llama"},
+            }
+        ],
+    )
+    options = settings.models[0].options
+    assert isinstance(options, UpstreamOptions)
+    assert options.read_timeout == 60.0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [None, {"base_url": "gpu:8000", "model": "m"}, {"model": "m"}, {"max_num_seqs": 4}],
+)
+def test_upstream_models_need_a_url_and_a_model(options: object) -> None:
+    from vllm_service.config import ConfigError, load_settings
+
+    entry: dict[str, object] = {"name": "remote", "engine": "upstream"}
+    if options is not None:
+        entry["options"] = options
+    with pytest.raises(ConfigError):
+        load_settings(None, models=[entry])

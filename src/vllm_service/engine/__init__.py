@@ -1,8 +1,8 @@
-"""Engines: the embedded llama.cpp engine; other kinds register through build_engine."""
+"""Engines: the embedded llama.cpp engine and upstream OpenAI-compatible servers."""
 
 from __future__ import annotations
 
-from vllm_service.config import ModelConfig
+from vllm_service.config import LlamaCppOptions, ModelConfig, UpstreamOptions
 from vllm_service.engine.base import (
     ContextLengthExceededError,
     Engine,
@@ -20,10 +20,15 @@ from vllm_service.engine.base import (
 
 def build_engine(model: ModelConfig) -> Engine:
     """The engine a model config asks for (one construction path for every engine kind)."""
-    if model.engine == "llamacpp":
+    options = model.options
+    if model.engine == "llamacpp" and isinstance(options, LlamaCppOptions):
         from vllm_service.engine.llamacpp.engine import LlamaCppEngine
 
-        return LlamaCppEngine(model.name, model.options)
+        return LlamaCppEngine(model.name, options)
+    if model.engine == "upstream" and isinstance(options, UpstreamOptions):
+        from vllm_service.engine.upstream import UpstreamEngine
+
+        return UpstreamEngine(model.name, options)
     raise ValueError(f"unknown engine kind {model.engine!r}")  # pragma: no cover - config guards
 
 

@@ -1,0 +1,246 @@
+"""The upstream engine: any OpenAI-compatible server (vLLM, OpenAI, llama-server, Ollama, another
+vllm-service) over one pooled async HTTP client, streaming passed through token by token.
+
+Every request is sent with ``stream: true`` (and usage asked for) whatever the client asked,
+so that deltas flow as the upstream produces them; the API layer collects them for clients
+that did not ask for a stream. Closing the iterator closes the upstream response, which the
+upstream sees as a disconnect and aborts. Retries are not done here (nor by the HTTP client):
+the manager's retry loop is the only one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+
+from vllm_service.config import UpstreamOptions
+from vllm_service.engine.base import (
+    EngineError,
+    EngineHealth,
+    EngineState,
+    EngineUnavailableError,
+    FinishReason,
+    GenerationRequest,
+    InvalidRequestError,
+    ModelCard,
+    Timing,
+    TokenDelta,
+    Usage,
+)
+
+#: Longest Retry-After honoured from an upstream (seconds).
+MAX_RETRY_AFTER = 30.0
+
+
+def _payload(req: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
+    """The upstream route and JSON body for one sequence."""
+    s = req.sampling
+    if s.logprobs is not None:
+        raise InvalidRequestError(
+            "logprobs are not passed through upstream engines yet", param="logprobs"
+        )
+    body: dict[str, Any] = {
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+    }
+    if s.max_tokens is not None:
+        body["max_tokens"] = s.max_tokens
+    if s.seed is not None:
+        body["seed"] = s.seed
+    if s.stop:
+        body["stop"] = list(s.stop)
+    if s.presence_penalty:
+        body["presence_penalty"] = s.presence_penalty
+    if s.frequency_penalty:
+        body["frequency_penalty"] = s.frequency_penalty
+    if s.logit_bias:
+        body["logit_bias"] = {str(t): b for t, b in s.logit_bias}
+    # Extensions (vLLM, llama-server): sent only when asked for.
+    if s.top_k > 0:
+        body["top_k"] = s.top_k
+    if s.min_p > 0:
+        body["min_p"] = s.min_p
+    if s.ignore_eos:
+        body["ignore_eos"] = True
+    if req.messages is not None:
+        body["messages"] = [{"role": m.role, "content": m.content} for m in req.messages]
+        if s.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": json.loads(s.json_schema)},
+            }
+        elif s.json_object:
+            body["response_format"] = {"type": "json_object"}
+        return "/chat/completions", body
+    body["prompt"] = (
+        list(req.prompt_token_ids) if req.prompt_token_ids is not None else (req.prompt or "")
+    )
+    return "/completions", body
+
+
+def _error_message(response_text: str, status: int) -> str:
+    try:
+        error = json.loads(response_text)["error"]
+        return str(error.get("message") or error)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return response_text[:500] or f"HTTP {status}"
+
+
+def _retry_after(headers: httpx2.Headers) -> float:
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(headers.get("retry-after", "1"))))
+    except ValueError:
+        return 1.0
+
+
+class UpstreamEngine:
+    """Serves a model by forwarding to an OpenAI-compatible server."""
+
+    def __init__(self, name: str, options: UpstreamOptions) -> None:
+        self.name = name
+        self.options = options
+        self._client: httpx2.AsyncClient | None = None
+        self._state: EngineState = "starting"
+        self._created = int(time.time())
+        self._requests = 0
+        self._failures = 0
+
+    async def start(self) -> None:
+        o = self.options
+        headers = dict(o.headers)
+        if o.api_key_env:
+            key = os.environ.get(o.api_key_env)
+            if not key:
+                self._state = "failed"
+                raise EngineError(f"environment variable {o.api_key_env} (the API key) is unset")
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx2.AsyncClient(
+            base_url=o.base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx2.Timeout(o.read_timeout, connect=o.connect_timeout),
+            limits=httpx2.Limits(max_connections=o.max_connections),
+        )
+        self._state = "ready"
+
+    async def stop(self) -> None:
+        self._state = "stopping"
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def models(self) -> list[ModelCard]:
+        return [
+            ModelCard(
+                id=self.name,
+                owned_by="upstream",
+                created=self._created,
+                max_model_len=self.options.max_model_len,
+            )
+        ]
+
+    async def health(self) -> EngineHealth:
+        return EngineHealth(
+            state=self._state,
+            device="upstream",
+            detail={
+                "base_url": self.options.base_url,
+                "upstream_model": self.options.model,
+                "requests": self._requests,
+                "failures": self._failures,
+            },
+        )
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        client = self._client
+        if client is None or self._state != "ready":
+            raise EngineUnavailableError("the upstream engine is not started", retry_after=1.0)
+        path, body = _payload(req, self.options.model)
+        chat = req.messages is not None
+        self._requests += 1
+        submitted = time.monotonic()
+        stamps: list[float] = []
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        try:
+            async with client.stream("POST", path, json=body) as response:
+                if response.status_code != 200:
+                    body_text = (await response.aread()).decode(errors="replace")
+                    raise self._status_error(response.status_code, body_text, response.headers)
+                async for line in response.aiter_lines():
+                    if time.monotonic() - submitted > self.options.total_timeout:
+                        raise EngineUnavailableError(
+                            "the upstream took longer than total_timeout", retry_after=1.0
+                        )
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise EngineError(f"upstream error: {_error_message(data, 500)}")
+                    if chunk.get("usage"):
+                        u = chunk["usage"]
+                        details = u.get("prompt_tokens_details") or {}
+                        usage = Usage(
+                            prompt_tokens=int(u.get("prompt_tokens", 0)),
+                            completion_tokens=int(u.get("completion_tokens", 0)),
+                            cached_tokens=int(details.get("cached_tokens") or 0),
+                        )
+                    for choice in chunk.get("choices") or []:
+                        source = (choice.get("delta") or {}) if chat else choice
+                        piece = source.get("content" if chat else "text")
+                        reason = choice.get("finish_reason")
+                        if reason:
+                            finish = (
+                                FinishReason.LENGTH if reason == "length" else FinishReason.STOP
+                            )
+                        if piece:
+                            stamps.append(time.monotonic())
+                            yield TokenDelta(text=str(piece))
+        except httpx2.TimeoutException as exc:
+            self._failures += 1
+            raise EngineUnavailableError(f"the upstream timed out: {exc}", retry_after=1.0) from exc
+        except httpx2.TransportError as exc:
+            self._failures += 1
+            raise EngineUnavailableError(
+                f"the upstream is unreachable: {exc}", retry_after=1.0
+            ) from exc
+        except ValueError as exc:  # a malformed chunk
+            self._failures += 1
+            raise EngineError(f"the upstream sent a malformed stream: {exc}") from exc
+        if finish is None:
+            self._failures += 1
+            raise EngineError("the upstream ended the stream without a finish reason")
+        first = stamps[0] if stamps else time.monotonic()
+        yield TokenDelta(
+            text="",
+            finish_reason=finish,
+            usage=usage or Usage(prompt_tokens=0, completion_tokens=len(stamps)),
+            timing=Timing(
+                queue_time=0.0,
+                time_to_first_token=first - submitted,
+                inter_token_times=tuple(b - a for a, b in itertools.pairwise(stamps)),
+                submitted_at=submitted,
+            ),
+        )
+
+    def _status_error(self, status: int, text: str, headers: httpx2.Headers) -> EngineError:
+        message = _error_message(text, status)
+        if status in (408, 429) or status >= 500:
+            self._failures += 1
+            return EngineUnavailableError(
+                f"the upstream answered {status}: {message}", retry_after=_retry_after(headers)
+            )
+        if status in (400, 413, 422):
+            return InvalidRequestError(message)
+        return EngineError(f"the upstream answered {status}: {message}")
