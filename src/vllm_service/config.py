@@ -141,6 +141,33 @@ class UpstreamOptions(_Strict):
     )
 
 
+class BreakerConfig(_Strict):
+    """The circuit breaker of one deployment."""
+
+    failure_threshold: int = Field(default=5, ge=1, description="Consecutive failures to open.")
+    recovery_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds open before trial requests."
+    )
+    half_open_max_calls: int = Field(default=3, ge=1, description="Trial requests when half-open.")
+    probe_timeout: float = Field(
+        default=30.0, gt=0, description="A trial request silent this long counts as failed."
+    )
+
+
+class RetryConfig(_Strict):
+    """Retries of a model's requests on its other deployments, before the first token."""
+
+    max_attempts: int = Field(default=3, ge=1, description="Attempts across deployments.")
+    backoff_base: float = Field(default=0.1, ge=0, description="First backoff, in seconds.")
+    backoff_max: float = Field(default=2.0, ge=0, description="Longest backoff, in seconds.")
+    max_retry_after: float = Field(
+        default=5.0, ge=0, description="Longest upstream Retry-After honoured, in seconds."
+    )
+    deadline: float = Field(
+        default=300.0, gt=0, description="Seconds for all attempts and fallbacks together."
+    )
+
+
 def _options_kind(value: object) -> str:
     """Which options a model entry holds: an upstream's are the ones with a base_url."""
     if isinstance(value, dict):
@@ -160,6 +187,12 @@ class ModelConfig(_Strict):
         Annotated[LlamaCppOptions, Tag("llamacpp")] | Annotated[UpstreamOptions, Tag("upstream")],
         Discriminator(_options_kind),
     ] = Field(default_factory=LlamaCppOptions)
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Models (names) tried in order when every deployment of this one fails.",
+    )
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
 
     @model_validator(mode="after")
     def _options_match_engine(self) -> ModelConfig:
@@ -240,12 +273,28 @@ class Settings(BaseSettings):
     @field_validator("models")
     @classmethod
     def _names_unique(cls, models: list[ModelConfig]) -> list[ModelConfig]:
-        seen: set[str] = set()
+        # Entries sharing a name are replicas (deployments) of one model.
+        owner: dict[str, str] = {}
         for model in models:
             for name in model.all_names:
-                if name in seen:
+                if owner.setdefault(name, model.name) != model.name:
                     raise ValueError(f"model name or alias {name!r} is used twice")
-                seen.add(name)
+        first: dict[str, ModelConfig] = {}
+        for model in models:
+            head = first.setdefault(model.name, model)
+            if head is model:
+                continue
+            # Fallbacks and retries belong to the model, set on its first entry.
+            if model.fallbacks and model.fallbacks != head.fallbacks:
+                raise ValueError(f"set the fallbacks of {model.name!r} on its first entry")
+            if model.retry != RetryConfig() and model.retry != head.retry:
+                raise ValueError(f"set the retry of {model.name!r} on its first entry")
+        for model in models:
+            for fallback in model.fallbacks:
+                if fallback not in owner:
+                    raise ValueError(f"fallback {fallback!r} of {model.name!r} is not a model")
+                if owner[fallback] == model.name:
+                    raise ValueError(f"model {model.name!r} cannot fall back to itself")
         return models
 
     @classmethod

@@ -84,3 +84,25 @@ def test_upstream_models_need_a_url_and_a_model(options: object) -> None:
         entry["options"] = options
     with pytest.raises(ConfigError):
         load_settings(None, models=[entry])
+
+
+def test_model_wide_settings_belong_on_the_first_replica() -> None:
+    from vllm_service.config import ConfigError, load_settings
+
+    upstream = {"engine": "upstream", "options": {"base_url": "http://a/v1", "model": "m"}}
+    ok = load_settings(
+        None,
+        models=[
+            {"name": "chat", **upstream, "fallbacks": ["local"]},
+            {"name": "chat", **upstream},
+            {"name": "local"},
+        ],
+    )
+    assert [m.fallbacks for m in ok.models] == [["local"], [], []]
+    with pytest.raises(ConfigError, match="first entry"):
+        load_settings(
+            None,
+            models=[{"name": "chat", **upstream}, {"name": "chat", **upstream, "fallbacks": ["x"]}],
+        )
+    with pytest.raises(ConfigError, match="not a model"):
+        load_settings(None, models=[{"name": "chat", "fallbacks": ["nowhere"]}])

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from vllm_service.accounting.request_log import RequestRecord
 from vllm_service.engine.base import EngineHealth
+from vllm_service.manager.manager import BREAKER_STATE_VALUE
 
 #: vllm_request_duration_seconds buckets: 5 ms ... 2 s, then +Inf.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0)
@@ -77,6 +78,36 @@ class _EngineCollector(Collector):
             if isinstance(total, int) and total and isinstance(used, int):
                 live = used - (cached if isinstance(cached, int) else 0)
                 usage.add_metric([model], live / total)
+        breaker_state = GaugeMetricFamily(
+            "vllm_circuit_breaker_state",
+            "Circuit breaker of a deployment: 0 closed, 1 half-open, 2 open.",
+            labels=["deployment"],
+        )
+        breaker_opened = CounterMetricFamily(
+            "vllm_circuit_breaker_open",
+            "Times a deployment's circuit breaker opened.",
+            labels=["deployment"],
+        )
+        attempts = CounterMetricFamily(
+            "vllm_upstream_attempts",
+            "Attempts sent to a deployment, by outcome (success, failure, overloaded, "
+            "client_error, cancelled, rejected by its breaker).",
+            labels=["deployment", "outcome"],
+        )
+        for deployment, health in self.snapshot.items():
+            detail = health.detail
+            state = detail.get("breaker")
+            if isinstance(state, str) and state in BREAKER_STATE_VALUE:
+                breaker_state.add_metric([deployment], BREAKER_STATE_VALUE[state])
+            opened = detail.get("breaker_opened")
+            if isinstance(opened, int):
+                breaker_opened.add_metric([deployment], opened)
+            for key, count in detail.items():
+                if key.startswith("attempts_") and isinstance(count, int):
+                    attempts.add_metric([deployment, key.removeprefix("attempts_")], count)
+        yield breaker_state
+        yield breaker_opened
+        yield attempts
         yield up
         yield usage
         yield from gauges.values()

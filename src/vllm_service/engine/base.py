@@ -202,7 +202,10 @@ class ContextLengthExceededError(InvalidRequestError):
 class EngineUnavailableError(EngineError):
     """The engine cannot take work now (maps to HTTP 503)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None):
+    def __init__(self, message: str, *, retry_after: float | None = None, overloaded: bool = False):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        #: Busy rather than broken (a full queue): another replica may serve it, but it says
+        #: nothing against this one's health.
+        self.overloaded = overloaded

@@ -236,7 +236,14 @@ class UpstreamEngine:
 
     def _status_error(self, status: int, text: str, headers: httpx2.Headers) -> EngineError:
         message = _error_message(text, status)
-        if status in (408, 429) or status >= 500:
+        if status == 429 or (status == 503 and "retry-after" in headers):
+            # Busy (rate limit, full queue), not broken.
+            return EngineUnavailableError(
+                f"the upstream answered {status}: {message}",
+                retry_after=_retry_after(headers),
+                overloaded=True,
+            )
+        if status == 408 or status >= 500:
             self._failures += 1
             return EngineUnavailableError(
                 f"the upstream answered {status}: {message}", retry_after=_retry_after(headers)

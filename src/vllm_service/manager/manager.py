@@ -1,16 +1,41 @@
-"""ModelManager: resolves a requested model name (or alias) to the engine that serves it."""
+"""ModelManager: model names to deployments; routing, circuit breakers, retries, fallbacks.
+
+A model is one or more deployments (config entries sharing a name), each an engine with its
+own circuit breaker. A request goes to the admitted deployment with the fewest requests in
+flight. Failures before the first token are retried on another deployment (exponential
+backoff with jitter, a capped Retry-After), within the model's attempt budget and one overall
+deadline; then the model's fallbacks are tried in order; then the last error is returned.
+Once a token has been handed on, nothing is retried: a failure ends the stream.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
 
-from vllm_service.config import ModelConfig
-from vllm_service.engine import Engine, EngineHealth, GenerationRequest, TokenDelta, build_engine
+from vllm_service.config import ModelConfig, RetryConfig
+from vllm_service.engine import (
+    Engine,
+    EngineError,
+    EngineHealth,
+    EngineUnavailableError,
+    GenerationRequest,
+    InvalidRequestError,
+    TokenDelta,
+    build_engine,
+)
+from vllm_service.manager.breaker import BreakerOpenError, CircuitBreaker, Permit
 
 logger = logging.getLogger(__name__)
+
+#: Breaker state as a number, for the metrics gauge.
+BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class UnknownModelError(LookupError):
@@ -21,10 +46,30 @@ class UnknownModelError(LookupError):
         self.model = model
 
 
-@dataclass(frozen=True, slots=True)
-class ServedModel:
+@dataclass(eq=False)
+class Deployment:
+    """One engine serving a model, with its breaker and its counters."""
+
+    id: str
     config: ModelConfig
     engine: Engine
+    breaker: CircuitBreaker
+    in_flight: int = 0
+    #: Outcomes of attempts: success, failure, overloaded, client_error, cancelled, rejected.
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A model as clients name it, and the deployments that serve it."""
+
+    config: ModelConfig
+    deployments: list[Deployment]
+
+    @property
+    def engine(self) -> Engine:
+        """The first deployment's engine (for listings)."""
+        return self.deployments[0].engine
 
 
 class ModelManager:
@@ -34,15 +79,53 @@ class ModelManager:
         self,
         models: list[ModelConfig],
         engine_factory: Callable[[ModelConfig], Engine] = build_engine,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._served = [ServedModel(config=m, engine=engine_factory(m)) for m in models]
-        self._by_name = {name: s for s in self._served for name in s.config.all_names}
+        self._clock = clock
+        self._served: list[ServedModel] = []
+        by_name: dict[str, ServedModel] = {}
+        for entry in models:
+            served = by_name.get(entry.name)
+            if served is None:
+                served = by_name[entry.name] = ServedModel(config=entry, deployments=[])
+                self._served.append(served)
+            index = len(served.deployments)
+            dep_id = entry.name if index == 0 else f"{entry.name}#{index}"
+            b = entry.breaker
+            served.deployments.append(
+                Deployment(
+                    id=dep_id,
+                    config=entry,
+                    engine=engine_factory(entry),
+                    breaker=CircuitBreaker(
+                        dep_id,
+                        failure_threshold=b.failure_threshold,
+                        recovery_timeout=b.recovery_timeout,
+                        half_open_max_calls=b.half_open_max_calls,
+                        probe_timeout=b.probe_timeout,
+                        clock=clock,
+                        on_transition=self._log_transition,
+                    ),
+                )
+            )
+        self._by_name = {
+            name: s for s in self._served for d in s.deployments for name in d.config.all_names
+        }
         self.startup_error: BaseException | None = None
         self._devices: dict[str, str] = {}
+
+    @staticmethod
+    def _log_transition(name: str, old: object, new: object) -> None:
+        logger.warning("circuit breaker %s: %s -> %s", name, old, new)
 
     @property
     def served(self) -> list[ServedModel]:
         return list(self._served)
+
+    @property
+    def deployments(self) -> list[Deployment]:
+        return [d for s in self._served for d in s.deployments]
 
     def resolve(self, model: str) -> ServedModel:
         try:
@@ -51,25 +134,171 @@ class ModelManager:
             raise UnknownModelError(model) from None
 
     def device(self, served: ServedModel) -> str | None:
-        """The device the model's engine runs on, once it has started."""
-        return self._devices.get(served.config.name)
+        """The device the model's first deployment runs on, once it has started."""
+        return self._devices.get(served.deployments[0].id)
 
-    def generate(self, served: ServedModel, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
-        return served.engine.generate(req)
+    # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start every engine; a failure is kept for /health and /ready to report."""
         try:
-            await asyncio.gather(*(s.engine.start() for s in self._served))
+            await asyncio.gather(*(d.engine.start() for d in self.deployments))
         except Exception as exc:
             logger.exception("an engine failed to start")
             self.startup_error = exc
-        for name, health in (await self.health()).items():
-            self._devices[name] = health.device
+        for dep_id, health in (await self.health()).items():
+            self._devices[dep_id] = health.device
 
     async def stop(self) -> None:
-        await asyncio.gather(*(s.engine.stop() for s in self._served), return_exceptions=True)
+        await asyncio.gather(*(d.engine.stop() for d in self.deployments), return_exceptions=True)
 
     async def health(self) -> dict[str, EngineHealth]:
-        results = await asyncio.gather(*(s.engine.health() for s in self._served))
-        return {s.config.name: h for s, h in zip(self._served, results, strict=True)}
+        """Each deployment's engine health, with its breaker and routing counters."""
+        deployments = self.deployments
+        results = await asyncio.gather(*(d.engine.health() for d in deployments))
+        out = {}
+        for dep, h in zip(deployments, results, strict=True):
+            detail: dict[str, int | float | str] = dict(h.detail)
+            detail["model"] = dep.config.name
+            detail["breaker"] = dep.breaker.state.value
+            detail["breaker_opened"] = dep.breaker.opened_total
+            detail["in_flight"] = dep.in_flight
+            for outcome, count in dep.outcomes.items():
+                detail[f"attempts_{outcome}"] = count
+            out[dep.id] = EngineHealth(state=h.state, device=h.device, detail=detail)
+        return out
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _candidates(self, served: ServedModel, tried: set[Deployment]) -> list[Deployment]:
+        """Untried deployments, fewest in flight first (ties: configuration order)."""
+        return sorted(
+            (d for d in served.deployments if d not in tried),
+            key=lambda d: d.in_flight,
+        )
+
+    def generate(self, served: ServedModel, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        return self._generate(served, req)
+
+    async def _generate(
+        self, served: ServedModel, req: GenerationRequest
+    ) -> AsyncIterator[TokenDelta]:
+        retry = served.config.retry
+        deadline = self._clock() + retry.deadline
+        chain = [served, *(self.resolve(name) for name in served.config.fallbacks)]
+        last_error: EngineError | None = None
+        for model in chain:
+            started = await self._first_delta(model, req, deadline, model.config.retry)
+            if isinstance(started, EngineError):
+                last_error = started
+                if isinstance(started, InvalidRequestError):
+                    break  # the request itself is wrong: no other deployment will differ
+                continue
+            dep, permit, stream, first = started
+            inner = self._stream(dep, permit, stream, first)
+            try:
+                async for delta in inner:
+                    yield delta
+            finally:
+                await inner.aclose()  # runs its accounting even when our reader left early
+            return
+        raise last_error or EngineUnavailableError(
+            f"no deployment of {served.config.name!r} is available", retry_after=1.0
+        )
+
+    async def _first_delta(
+        self, served: ServedModel, req: GenerationRequest, deadline: float, retry: RetryConfig
+    ) -> tuple[Deployment, Permit, AsyncIterator[TokenDelta], TokenDelta] | EngineError:
+        """Try deployments until one yields its first delta; the error if none does."""
+        tried: set[Deployment] = set()
+        attempts = 0
+        error: EngineError | None = None
+        for dep in self._candidates(served, tried):
+            if attempts >= retry.max_attempts or self._clock() >= deadline:
+                break
+            tried.add(dep)
+            try:
+                permit = dep.breaker.acquire()
+            except BreakerOpenError as exc:
+                dep.outcomes["rejected"] += 1
+                error = EngineUnavailableError(str(exc), retry_after=exc.retry_after)
+                continue
+            if attempts:
+                await self._backoff(attempts, error, retry, deadline)
+            attempts += 1
+            dep.in_flight += 1
+            stream = dep.engine.generate(req)
+            try:
+                async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                    first = await anext(stream)
+            except BaseException as exc:
+                dep.in_flight -= 1
+                with contextlib.suppress(Exception):
+                    await stream.aclose()  # type: ignore[attr-defined]
+                outcome = self._settle(permit, exc)
+                dep.outcomes[outcome] += 1
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                if isinstance(exc, TimeoutError):
+                    exc = EngineUnavailableError("the request's deadline passed", retry_after=1.0)
+                if isinstance(exc, StopAsyncIteration):
+                    exc = EngineError(f"deployment {dep.id} ended without an answer")
+                if not isinstance(exc, EngineError):
+                    raise
+                error = exc
+                if isinstance(exc, InvalidRequestError):
+                    return exc
+                continue
+            return dep, permit, stream, first
+        return error or EngineUnavailableError(
+            f"no deployment of {served.config.name!r} is available", retry_after=1.0
+        )
+
+    async def _backoff(
+        self, attempt: int, error: EngineError | None, retry: RetryConfig, deadline: float
+    ) -> None:
+        delay = min(retry.backoff_max, retry.backoff_base * 2 ** (attempt - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter: replicas are not hit in lockstep
+        if isinstance(error, EngineUnavailableError) and error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, retry.max_retry_after))
+        await asyncio.sleep(max(0.0, min(delay, deadline - self._clock())))
+
+    @staticmethod
+    def _settle(permit: Permit, exc: BaseException) -> str:
+        """Report an attempt's outcome to the breaker; returns its name."""
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            permit.release()
+            return "cancelled"
+        if isinstance(exc, EngineUnavailableError) and exc.overloaded:
+            permit.release()
+            return "overloaded"
+        if isinstance(exc, InvalidRequestError):
+            permit.success()  # the deployment answered; the client was wrong
+            return "client_error"
+        # Unreachable, timed out, 5xx, a broken stream: the deployment is to blame.
+        permit.failure()
+        return "failure"
+
+    async def _stream(
+        self,
+        dep: Deployment,
+        permit: Permit,
+        stream: AsyncIterator[TokenDelta],
+        first: TokenDelta,
+    ) -> AsyncGenerator[TokenDelta]:
+        """Hand on a started answer; a failure from here on ends it (never retried)."""
+        try:
+            yield first
+            if first.finish_reason is None:
+                async for delta in stream:
+                    yield delta
+        except BaseException as exc:
+            dep.outcomes[self._settle(permit, exc)] += 1
+            raise
+        else:
+            permit.success()
+            dep.outcomes["success"] += 1
+        finally:
+            dep.in_flight -= 1
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]

@@ -254,6 +254,7 @@ class Scheduler:
                     f"The engine is overloaded: {queued} requests are already waiting. "
                     "Retry shortly.",
                     retry_after=1.0,
+                    overloaded=True,
                 )
             if queued >= self._idle_slots and (
                 self._waiting_tokens + len(seq.tokens) > self._max_waiting_tokens
@@ -263,6 +264,7 @@ class Scheduler:
                     f"The engine is overloaded: {self._waiting_tokens} prompt tokens are "
                     "already waiting. Retry shortly.",
                     retry_after=1.0,
+                    overloaded=True,
                 )
             self._waiting_tokens += len(seq.tokens)
             self._incoming.append(seq)
@@ -432,6 +434,7 @@ class Scheduler:
                     f"The request waited more than {self._queue_timeout:g} s for a free "
                     "sequence slot. Retry shortly.",
                     retry_after=1.0,
+                    overloaded=True,
                 ),
             )
 
