@@ -141,6 +141,68 @@ class UpstreamOptions(_Strict):
     )
 
 
+class ProcessOptions(_Strict):
+    """A managed engine server the service starts, health-checks, restarts and stops itself."""
+
+    kind: Literal["vllm", "command"] = Field(
+        description="vllm: build a `vllm serve` command line from the keys below; "
+        "command: run `command` as given."
+    )
+    served_model: str = Field(
+        min_length=1, description="The model name the managed server answers to."
+    )
+    command: list[str] = Field(
+        default_factory=list,
+        description="kind 'command': the argv; '{port}' is replaced by the port.",
+    )
+    # vLLM deployment keys (kind 'vllm').
+    model: str | None = Field(default=None, description="vLLM: the model (path or hub id).")
+    dtype: str | None = None
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    quantization: str | None = None
+    max_model_len: int = Field(default=DEFAULT_MAX_MODEL_LEN, ge=16)
+    extra_args: list[str] = Field(default_factory=list, description="Appended to the command.")
+    # Supervision.
+    port: int | None = Field(default=None, ge=1, le=65535, description="Unset: a free port.")
+    health_path: str = Field(default="/health", description="200 here means it serves.")
+    startup_timeout: float = Field(default=900.0, gt=0)
+    restart_backoff: float = Field(default=1.0, gt=0, description="First restart delay.")
+    restart_backoff_max: float = Field(default=60.0, gt=0)
+    stop_grace: float = Field(default=15.0, gt=0, description="SIGTERM, then SIGKILL after.")
+    read_timeout: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ProcessOptions:
+        if self.kind == "vllm" and not self.model:
+            raise ValueError("a vllm process needs 'model'")
+        if self.kind == "command" and not self.command:
+            raise ValueError("a command process needs 'command'")
+        return self
+
+    def argv(self, port: int) -> list[str]:
+        """The command line to run on ``port``."""
+        if self.kind == "command":
+            return [arg.replace("{port}", str(port)) for arg in self.command]
+        assert self.model is not None
+        argv = ["vllm", "serve", self.model, "--host", "127.0.0.1", "--port", str(port)]
+        argv += [
+            "--served-model-name",
+            self.served_model,
+            "--max-model-len",
+            str(self.max_model_len),
+        ]
+        for flag, value in (
+            ("--dtype", self.dtype),
+            ("--tensor-parallel-size", self.tensor_parallel_size),
+            ("--gpu-memory-utilization", self.gpu_memory_utilization),
+            ("--quantization", self.quantization),
+        ):
+            if value is not None:
+                argv += [flag, str(value)]
+        return argv + self.extra_args
+
+
 class BreakerConfig(_Strict):
     """The circuit breaker of one deployment."""
 
@@ -171,8 +233,12 @@ class RetryConfig(_Strict):
 def _options_kind(value: object) -> str:
     """Which options a model entry holds: an upstream's are the ones with a base_url."""
     if isinstance(value, dict):
-        return "upstream" if "base_url" in value else "llamacpp"
-    return "upstream" if isinstance(value, UpstreamOptions) else "llamacpp"
+        if "base_url" in value:
+            return "upstream"
+        return "process" if "kind" in value else "llamacpp"
+    if isinstance(value, UpstreamOptions):
+        return "upstream"
+    return "process" if isinstance(value, ProcessOptions) else "llamacpp"
 
 
 class ModelConfig(_Strict):
@@ -182,9 +248,11 @@ class ModelConfig(_Strict):
     aliases: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Other names for this model, e.g. gpt-3.5-turbo."
     )
-    engine: Literal["llamacpp", "upstream"] = "llamacpp"
+    engine: Literal["llamacpp", "upstream", "process"] = "llamacpp"
     options: Annotated[
-        Annotated[LlamaCppOptions, Tag("llamacpp")] | Annotated[UpstreamOptions, Tag("upstream")],
+        Annotated[LlamaCppOptions, Tag("llamacpp")]
+        | Annotated[UpstreamOptions, Tag("upstream")]
+        | Annotated[ProcessOptions, Tag("process")],
         Discriminator(_options_kind),
     ] = Field(default_factory=LlamaCppOptions)
     fallbacks: list[str] = Field(
@@ -198,8 +266,10 @@ class ModelConfig(_Strict):
     def _options_match_engine(self) -> ModelConfig:
         if self.engine == "upstream" and not isinstance(self.options, UpstreamOptions):
             raise ValueError("an upstream engine needs options.base_url and options.model")
+        if self.engine == "process" and not isinstance(self.options, ProcessOptions):
+            raise ValueError("a process engine needs options.kind and options.served_model")
         if self.engine == "llamacpp" and not isinstance(self.options, LlamaCppOptions):
-            raise ValueError("options.base_url belongs to engine 'upstream'")
+            raise ValueError(f"these options belong to engine {_options_kind(self.options)!r}")
         return self
 
     @property
@@ -317,7 +387,11 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         loc = [
             part
             for i, part in enumerate(item["loc"])
-            if not (i and item["loc"][i - 1] == "options" and part in ("llamacpp", "upstream"))
+            if not (
+                i
+                and item["loc"][i - 1] == "options"
+                and part in ("llamacpp", "upstream", "process")
+            )
         ]
         path = ".".join(str(part) for part in loc) or "(top level)"
         lines.append(f"  {path}: {item['msg']}")

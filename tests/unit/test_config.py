@@ -106,3 +106,50 @@ def test_model_wide_settings_belong_on_the_first_replica() -> None:
         )
     with pytest.raises(ConfigError, match="not a model"):
         load_settings(None, models=[{"name": "chat", "fallbacks": ["nowhere"]}])
+
+
+def test_vllm_deployment_keys_become_the_vllm_serve_command_line() -> None:
+    from vllm_service.config import ProcessOptions, load_settings
+
+    settings = load_settings(
+        None,
+        models=[
+            {
+                "name": "llama",
+                "engine": "process",
+                "options": {
+                    "kind": "vllm",
+                    "model": "meta-llama/Meta-Llama-3-8B-Instruct",
+                    "served_model": "llama",
+                    "dtype": "bfloat16",
+                    "tensor_parallel_size": 2,
+                    "gpu_memory_utilization": 0.9,
+                    "quantization": "awq",
+                    "max_model_len": 8192,
+                    "extra_args": ["--enable-prefix-caching"],
+                },
+            }
+        ],
+    )
+    options = settings.models[0].options
+    assert isinstance(options, ProcessOptions)
+    assert options.argv(8001) == [
+        "vllm", "serve", "meta-llama/Meta-Llama-3-8B-Instruct",
+        "--host", "127.0.0.1", "--port", "8001",
+        "--served-model-name", "llama", "--max-model-len", "8192",
+        "--dtype", "bfloat16", "--tensor-parallel-size", "2",
+        "--gpu-memory-utilization", "0.9", "--quantization", "awq",
+        "--enable-prefix-caching",
+    ]  # fmt: skip
+
+
+def test_a_vllm_process_needs_its_model() -> None:
+    from vllm_service.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="needs 'model'"):
+        load_settings(
+            None,
+            models=[
+                {"name": "x", "engine": "process", "options": {"kind": "vllm", "served_model": "x"}}
+            ],
+        )

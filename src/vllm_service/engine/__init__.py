@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vllm_service.config import LlamaCppOptions, ModelConfig, UpstreamOptions
+from vllm_service.config import LlamaCppOptions, ModelConfig, ProcessOptions, UpstreamOptions
 from vllm_service.engine.base import (
     ContextLengthExceededError,
     Engine,
@@ -25,6 +25,10 @@ def build_engine(model: ModelConfig) -> Engine:
         from vllm_service.engine.llamacpp.engine import LlamaCppEngine
 
         return LlamaCppEngine(model.name, options)
+    if model.engine == "process" and isinstance(options, ProcessOptions):
+        from vllm_service.engine.process import ProcessEngine
+
+        return ProcessEngine(model.name, options)
     if model.engine == "upstream" and isinstance(options, UpstreamOptions):
         from vllm_service.engine.upstream import UpstreamEngine
 
