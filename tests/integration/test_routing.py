@@ -77,6 +77,8 @@ def test_a_dead_replica_is_retried_around_then_cut_off(service: Service, router:
         r = httpx2.post(f"{router.base_url}/v1/chat/completions", json=chat("pair"), timeout=60)
         assert r.status_code == 200
         assert r.json()["choices"][0]["message"] == direct.json()["choices"][0]["message"]
+        assert r.headers["x-vllm-service-deployment"] == "pair#1"
+        assert r.headers["x-vllm-service-fallback"] == "false"
     engines = health(router)
     dead, live = engines["pair"], engines["pair#1"]
     # Two connection failures opened the dead replica's breaker; after that it was skipped.
@@ -111,6 +113,13 @@ def test_fallback_model_answers_when_every_deployment_fails(router: Service) -> 
     r = httpx2.post(f"{router.base_url}/v1/chat/completions", json=chat("primary"), timeout=60)
     assert r.status_code == 200
     assert r.json()["model"] == "primary"
+    assert r.headers["x-vllm-service-deployment"] == "backup"
+    assert r.headers["x-vllm-service-fallback"] == "true"
+    streamed = httpx2.post(
+        f"{router.base_url}/v1/chat/completions", json=chat("primary", stream=True), timeout=60
+    )
+    assert streamed.headers["x-vllm-service-deployment"] == "backup"
+    assert streamed.text.rstrip().endswith("data: [DONE]")
     assert health(router)["backup"]["attempts_success"] >= 1
 
 

@@ -38,6 +38,9 @@ class RequestRecord:
     status: int = 0
     model: str | None = None
     device: str | None = None
+    #: The deployment that served it, and whether that was a fallback model's.
+    deployment: str | None = None
+    fallback: bool = False
     stream: bool = False
     #: Seconds from the request's arrival to its response's end, and to its first token.
     latency: float | None = None
@@ -81,6 +84,8 @@ class RequestRecord:
             "status": self.status,
             "model": self.model,
             "device": self.device,
+            "deployment": self.deployment,
+            "fallback": self.fallback,
             "stream": self.stream,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,

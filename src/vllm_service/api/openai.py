@@ -53,6 +53,10 @@ from vllm_service.manager import ModelManager, ServedModel, UnknownModelError
 logger = logging.getLogger(__name__)
 
 SYSTEM_FINGERPRINT = f"vllm-service-{__version__}"
+#: Which deployment served a response, and whether it was a fallback model's.
+DEPLOYMENT_HEADER = "x-vllm-service-deployment"
+FALLBACK_HEADER = "x-vllm-service-fallback"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request"},
@@ -66,12 +70,12 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_manager(request: Request) -> ModelManager:
+async def get_manager(request: Request) -> ModelManager:
     manager: ModelManager = request.app.state.manager
     return manager
 
 
-def get_server_config(request: Request) -> ServerConfig:
+async def get_server_config(request: Request) -> ServerConfig:
     config: ServerConfig = request.app.state.server_config
     return config
 
@@ -143,21 +147,33 @@ async def _start(
     requests: list[GenerationRequest],
     *,
     stream: bool,
-) -> ChoiceStreams:
+) -> tuple[ChoiceStreams, dict[str, str]]:
+    """Start every choice; returns the streams and the routing headers of the response."""
     # An engine refusal raised here becomes an OpenAI error body in the app's EngineError
     # handler, before any byte of the response is sent.
     rec = record_of(request)
     if rec is not None:
         rec.model, rec.device, rec.stream = served.config.name, manager.device(served), stream
+    routes: list[tuple[str, bool]] = []
+
+    def on_route(deployment: str, fallback: bool) -> None:
+        routes.append((deployment, fallback))
+
     streams = ChoiceStreams(
-        [manager.generate(served, r) for r in requests],
+        [manager.generate(served, r, on_route) for r in requests],
         on_final=rec.add_final if rec is not None else None,
     )
     await until_disconnected(request, streams.prime())
+    headers = {}
+    if routes:
+        headers[DEPLOYMENT_HEADER] = routes[0][0]
+        headers[FALLBACK_HEADER] = "true" if any(f for _, f in routes) else "false"
     if rec is not None:
         # Every choice has its first token now: the response can start.
         rec.ttft = time.monotonic() - rec.started
-    return streams
+        if routes:
+            rec.deployment, rec.fallback = routes[0][0], any(f for _, f in routes)
+    return streams, headers
 
 
 def _usage(prompt_tokens: int, completion_tokens: int, cached: int) -> UsageInfo:
@@ -280,7 +296,11 @@ def _chat_logprobs(items: list[TokenLogprob]) -> ChoiceLogprobs:
     responses={**_ERRORS, **_SSE_DOC},
 )
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, manager: Manager, server: Server
+    body: ChatCompletionRequest,
+    request: Request,
+    response: Response,
+    manager: Manager,
+    server: Server,
 ) -> Response | ChatCompletionResponse:
     _check_common(body, server)
     extra = body.model_extra or {}
@@ -307,13 +327,14 @@ async def create_chat_completion(
         )
         for i in range(body.n)
     ]
-    streams = await _start(request, manager, served, requests, stream=body.stream)
+    streams, route_headers = await _start(request, manager, served, requests, stream=body.stream)
     created = int(time.time())
     if body.stream:
         return EventSourceResponse(
             _chat_stream(body, streams, request_id, created),
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={**SSE_HEADERS, **route_headers},
         )
+    response.headers.update(route_headers)
     texts, lps, finals = await until_disconnected(request, _collect(streams, [""] * body.n))
     choices = []
     prompt_tokens = completion_tokens = cached = 0
@@ -417,7 +438,11 @@ def _completion_logprobs(items: list[TokenLogprob], offset: int) -> CompletionLo
     responses={**_ERRORS, **_SSE_DOC},
 )
 async def create_completion(
-    body: CompletionRequest, request: Request, manager: Manager, server: Server
+    body: CompletionRequest,
+    request: Request,
+    response: Response,
+    manager: Manager,
+    server: Server,
 ) -> Response | CompletionResponse:
     _check_common(body, server)
     if body.suffix:
@@ -452,14 +477,15 @@ async def create_completion(
                     ),
                 )
             )
-    streams = await _start(request, manager, served, requests, stream=body.stream)
+    streams, route_headers = await _start(request, manager, served, requests, stream=body.stream)
     created = int(time.time())
     echo = [str(prompts[k // body.n]) if body.echo else "" for k in range(len(requests))]
     if body.stream:
         return EventSourceResponse(
             _completion_stream(body, streams, request_id, created, echo, body.n),
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={**SSE_HEADERS, **route_headers},
         )
+    response.headers.update(route_headers)
     texts, lps, finals = await until_disconnected(request, _collect(streams, list(echo)))
     choices = []
     prompt_tokens = completion_tokens = 0

@@ -177,11 +177,20 @@ class ModelManager:
             key=lambda d: d.in_flight,
         )
 
-    def generate(self, served: ServedModel, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
-        return self._generate(served, req)
+    def generate(
+        self,
+        served: ServedModel,
+        req: GenerationRequest,
+        on_route: Callable[[str, bool], None] | None = None,
+    ) -> AsyncIterator[TokenDelta]:
+        """Stream the answer; ``on_route(deployment id, fallback used)`` once it has started."""
+        return self._generate(served, req, on_route)
 
     async def _generate(
-        self, served: ServedModel, req: GenerationRequest
+        self,
+        served: ServedModel,
+        req: GenerationRequest,
+        on_route: Callable[[str, bool], None] | None,
     ) -> AsyncIterator[TokenDelta]:
         retry = served.config.retry
         deadline = self._clock() + retry.deadline
@@ -195,6 +204,8 @@ class ModelManager:
                     break  # the request itself is wrong: no other deployment will differ
                 continue
             dep, permit, stream, first = started
+            if on_route is not None:
+                on_route(dep.id, model is not served)
             inner = self._stream(dep, permit, stream, first)
             try:
                 async for delta in inner:
