@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
+from opentelemetry import propagate
 
 from vllm_service.config import UpstreamOptions
 from vllm_service.engine.base import (
@@ -170,8 +171,11 @@ class UpstreamEngine:
         stamps: list[float] = []
         finish: FinishReason | None = None
         usage: Usage | None = None
+        # The W3C trace context of the request (when tracing is on) goes upstream with it.
+        trace_headers: dict[str, str] = {}
+        propagate.inject(trace_headers)
         try:
-            async with client.stream("POST", path, json=body) as response:
+            async with client.stream("POST", path, json=body, headers=trace_headers) as response:
                 if response.status_code != 200:
                     body_text = (await response.aread()).decode(errors="replace")
                     raise self._status_error(response.status_code, body_text, response.headers)

@@ -1,0 +1,111 @@
+"""What an upstream receives: only configured routing, the configured key, the trace context."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from tests.conftest import free_port
+from vllm_service.api.app import create_app
+from vllm_service.config import load_settings
+
+pytestmark = pytest.mark.integration
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+
+
+class Recorder:
+    """A minimal OpenAI-compatible upstream that records every request it gets."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.port = free_port()
+
+    async def chat(self, request: Request) -> StreamingResponse:
+        self.seen.append({"headers": dict(request.headers), "body": await request.json()})
+
+        async def events() -> AsyncIterator[str]:
+            chunk = {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+            yield f"data: {json.dumps(chunk)}\n\n"
+            chunk = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            yield f"data: {json.dumps(chunk)}\n\n"
+            usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[Recorder]:
+    rec = Recorder()
+    app = Starlette(routes=[Route("/v1/chat/completions", rec.chat, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, port=rec.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield rec
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_request_fields_never_reroute_and_the_trace_goes_upstream(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECORDER_KEY", "sk-configured")
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    settings = load_settings(
+        None,
+        models=[
+            {
+                "name": "remote",
+                "engine": "upstream",
+                "options": {
+                    "base_url": f"http://127.0.0.1:{recorder.port}/v1",
+                    "model": "upstream-name",
+                    "api_key_env": "RECORDER_KEY",
+                },
+            }
+        ],
+    )
+    app = create_app(settings, telemetry={"tracer_provider": provider})
+    with TestClient(app) as client:
+        r = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "remote",
+                "messages": [{"role": "user", "content": "hello"}],
+                "api_base": "http://evil.example/v1",
+                "base_url": "http://evil.example/v1",
+                "headers": {"Authorization": "Bearer stolen"},
+                "extra_headers": {"X-Target": "elsewhere"},
+            },
+            headers={"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-01"},
+        )
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["message"]["content"] == "hi"
+    (seen,) = recorder.seen
+    # It went to the configured upstream (this recorder), with the configured key and name.
+    assert seen["headers"]["authorization"] == "Bearer sk-configured"
+    assert seen["body"]["model"] == "upstream-name"
+    for field in ("api_base", "base_url", "headers", "extra_headers"):
+        assert field not in seen["body"]
+    assert "x-target" not in seen["headers"]
+    # The caller's trace continues upstream.
+    assert seen["headers"]["traceparent"].split("-")[1] == TRACE_ID
