@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.conftest import free_port
@@ -49,11 +49,28 @@ class Recorder:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    async def bad(self, request: Request) -> Response:
+        """Broken upstreams, by kind."""
+        kind = request.path_params["kind"]
+        if kind == "html500":
+            return Response("<html>SECRET-PAGE internal trace</html>", status_code=500)
+        bodies = {
+            "garbage": "data: {not json SECRET-PAGE\n\n",
+            "shape": 'data: {"choices": [{"delta": {"content": 42}}]}\n\n',
+            "huge": "data: " + "x" * (2 * 1024 * 1024),
+        }
+        return Response(bodies[kind], media_type="text/event-stream")
+
 
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[Recorder]:
     rec = Recorder()
-    app = Starlette(routes=[Route("/v1/chat/completions", rec.chat, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", rec.chat, methods=["POST"]),
+            Route("/bad/{kind}/v1/chat/completions", rec.bad, methods=["POST"]),
+        ]
+    )
     server = uvicorn.Server(uvicorn.Config(app, port=rec.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -109,3 +126,35 @@ def test_request_fields_never_reroute_and_the_trace_goes_upstream(
     assert "x-target" not in seen["headers"]
     # The caller's trace continues upstream.
     assert seen["headers"]["traceparent"].split("-")[1] == TRACE_ID
+
+
+@pytest.mark.parametrize("kind", ["garbage", "shape", "huge", "html500"])
+def test_a_broken_upstream_answer_is_a_clean_error_never_echoed(
+    recorder: Recorder, kind: str
+) -> None:
+    settings = load_settings(
+        None,
+        models=[
+            {
+                "name": "broken",
+                "engine": "upstream",
+                "options": {
+                    "base_url": f"http://127.0.0.1:{recorder.port}/bad/{kind}/v1",
+                    "model": "m",
+                },
+            }
+        ],
+    )
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/v1/chat/completions",
+            json={"model": "broken", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert client.get("/health").json()["status"] == "ok"
+    error = r.json()["error"]
+    assert "SECRET-PAGE" not in r.text
+    if kind == "html500":
+        assert r.status_code == 503  # the upstream's own 5xx: unavailable, retryable
+    else:
+        assert r.status_code == 502
+        assert error["type"] == "bad_gateway_error"

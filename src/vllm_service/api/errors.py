@@ -28,6 +28,7 @@ from vllm_service.engine.base import (
     EngineError,
     EngineUnavailableError,
     InvalidRequestError,
+    UpstreamProtocolError,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ _TYPE_BY_STATUS = {
     422: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
+    502: "bad_gateway_error",
     503: "service_unavailable_error",
 }
 
@@ -102,6 +104,8 @@ def from_engine_error(exc: EngineError) -> APIError:
         if exc.retry_after is not None:
             headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         return APIError(503, exc.message, code="engine_unavailable", headers=headers)
+    if isinstance(exc, UpstreamProtocolError):
+        return APIError(502, f"Bad gateway: {exc}", code="bad_upstream_response")
     return APIError(500, f"The engine failed: {exc}", code="engine_error")
 
 

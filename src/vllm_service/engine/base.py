@@ -5,7 +5,8 @@ Exception tree::
     EngineError                  the engine could not serve the request
      ├── InvalidRequestError     the request cannot be served as asked (400)
      │    └── ContextLengthExceededError
-     └── EngineUnavailableError  the engine cannot take work now (503)
+     ├── EngineUnavailableError  the engine cannot take work now (503)
+     └── UpstreamProtocolError   an upstream's answer was malformed (502)
 """
 
 from __future__ import annotations
@@ -197,6 +198,10 @@ class ContextLengthExceededError(InvalidRequestError):
         super().__init__(message, param="messages", code="context_length_exceeded")
         self.max_model_len = max_model_len
         self.prompt_tokens = prompt_tokens
+
+
+class UpstreamProtocolError(EngineError):
+    """An upstream answered with something that is not a valid OpenAI answer (HTTP 502)."""
 
 
 class EngineUnavailableError(EngineError):

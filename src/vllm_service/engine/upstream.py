@@ -32,11 +32,69 @@ from vllm_service.engine.base import (
     ModelCard,
     Timing,
     TokenDelta,
+    UpstreamProtocolError,
     Usage,
 )
 
 #: Longest Retry-After honoured from an upstream (seconds).
 MAX_RETRY_AFTER = 30.0
+#: Longest SSE line accepted from an upstream, and most of an error body read.
+MAX_LINE_BYTES = 1024 * 1024
+MAX_ERROR_BODY_BYTES = 64 * 1024
+
+
+async def _bounded_lines(response: httpx2.Response) -> AsyncIterator[str]:
+    """The response's lines, refusing any longer than MAX_LINE_BYTES (memory stays bounded)."""
+    buffer = b""
+    async for chunk in response.aiter_raw():
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+        if len(buffer) > MAX_LINE_BYTES:
+            raise UpstreamProtocolError(f"the upstream sent a line over {MAX_LINE_BYTES} bytes")
+    if buffer:
+        yield buffer.decode("utf-8", errors="replace")
+
+
+async def _bounded_body(response: httpx2.Response) -> str:
+    body = b""
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) >= MAX_ERROR_BODY_BYTES:
+            break
+    return body[:MAX_ERROR_BODY_BYTES].decode("utf-8", errors="replace")
+
+
+def _parse_chunk(data: str, chat: bool) -> tuple[list[tuple[str | None, str | None]], Usage | None]:
+    """(text, finish_reason) of each choice, and usage, from one chunk; raises on bad shape."""
+    try:
+        chunk = json.loads(data)
+        if not isinstance(chunk, dict):
+            raise TypeError("a chunk must be an object")
+        usage = None
+        if chunk.get("usage"):
+            u = chunk["usage"]
+            details = u.get("prompt_tokens_details") or {}
+            usage = Usage(
+                prompt_tokens=int(u.get("prompt_tokens", 0)),
+                completion_tokens=int(u.get("completion_tokens", 0)),
+                cached_tokens=int(details.get("cached_tokens") or 0),
+            )
+        out = []
+        for choice in chunk.get("choices") or []:
+            source = (choice.get("delta") or {}) if chat else choice
+            piece = source.get("content" if chat else "text")
+            reason = choice.get("finish_reason")
+            if piece is not None and not isinstance(piece, str):
+                raise TypeError("content must be a string")
+            out.append((piece, None if reason is None else str(reason)))
+        return out, usage
+    except (ValueError, TypeError, AttributeError) as exc:
+        # Never echo what the upstream sent: only what was wrong with it.
+        raise UpstreamProtocolError(
+            f"the upstream sent a malformed chunk ({type(exc).__name__})"
+        ) from None
 
 
 def _payload(req: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
@@ -89,11 +147,12 @@ def _payload(req: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
 
 
 def _error_message(response_text: str, status: int) -> str:
+    """The message of an OpenAI error body (bounded); never the raw body of anything else."""
     try:
         error = json.loads(response_text)["error"]
-        return str(error.get("message") or error)
+        return str(error.get("message") or error)[:500]
     except (ValueError, KeyError, TypeError, AttributeError):
-        return response_text[:500] or f"HTTP {status}"
+        return f"HTTP {status} with a body that is not an OpenAI error"
 
 
 def _retry_after(headers: httpx2.Headers) -> float:
@@ -177,9 +236,9 @@ class UpstreamEngine:
         try:
             async with client.stream("POST", path, json=body, headers=trace_headers) as response:
                 if response.status_code != 200:
-                    body_text = (await response.aread()).decode(errors="replace")
+                    body_text = await _bounded_body(response)
                     raise self._status_error(response.status_code, body_text, response.headers)
-                async for line in response.aiter_lines():
+                async for line in _bounded_lines(response):
                     if time.monotonic() - submitted > self.options.total_timeout:
                         raise EngineUnavailableError(
                             "the upstream took longer than total_timeout", retry_after=1.0
@@ -189,28 +248,20 @@ class UpstreamEngine:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise EngineError(f"upstream error: {_error_message(data, 500)}")
-                    if chunk.get("usage"):
-                        u = chunk["usage"]
-                        details = u.get("prompt_tokens_details") or {}
-                        usage = Usage(
-                            prompt_tokens=int(u.get("prompt_tokens", 0)),
-                            completion_tokens=int(u.get("completion_tokens", 0)),
-                            cached_tokens=int(details.get("cached_tokens") or 0),
-                        )
-                    for choice in chunk.get("choices") or []:
-                        source = (choice.get("delta") or {}) if chat else choice
-                        piece = source.get("content" if chat else "text")
-                        reason = choice.get("finish_reason")
+                    if data.startswith("{") and '"error"' in data[:200]:
+                        error = json.loads(data).get("error")
+                        if error is not None:
+                            raise EngineError(f"upstream error: {_error_message(data, 500)}")
+                    choices, chunk_usage = _parse_chunk(data, chat)
+                    usage = chunk_usage or usage
+                    for piece, reason in choices:
                         if reason:
                             finish = (
                                 FinishReason.LENGTH if reason == "length" else FinishReason.STOP
                             )
                         if piece:
                             stamps.append(time.monotonic())
-                            yield TokenDelta(text=str(piece))
+                            yield TokenDelta(text=piece)
         except httpx2.TimeoutException as exc:
             self._failures += 1
             raise EngineUnavailableError(f"the upstream timed out: {exc}", retry_after=1.0) from exc
@@ -219,9 +270,12 @@ class UpstreamEngine:
             raise EngineUnavailableError(
                 f"the upstream is unreachable: {exc}", retry_after=1.0
             ) from exc
-        except ValueError as exc:  # a malformed chunk
+        except UpstreamProtocolError:
             self._failures += 1
-            raise EngineError(f"the upstream sent a malformed stream: {exc}") from exc
+            raise
+        except ValueError as exc:  # a malformed error event
+            self._failures += 1
+            raise UpstreamProtocolError("the upstream sent a malformed error event") from exc
         if finish is None:
             self._failures += 1
             raise EngineError("the upstream ended the stream without a finish reason")
