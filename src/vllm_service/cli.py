@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -102,10 +106,46 @@ def serve(
     except Exception as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    uvicorn.run(
-        application,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level,
-        timeout_graceful_shutdown=10,
+    server = _DrainingServer(
+        uvicorn.Config(
+            application,
+            host=settings.server.host,
+            port=settings.server.port,
+            log_level=settings.server.log_level,
+            timeout_graceful_shutdown=max(1, round(settings.server.shutdown_grace)),
+        ),
+        on_drain=lambda: setattr(application.state, "draining", True),
+        drain_delay=settings.server.drain_delay,
     )
+    # uvicorn re-raises SIGTERM once it has shut down gracefully; this handler makes that a
+    # clean exit 0 rather than death by signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    server.run()
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+class _DrainingServer(uvicorn.Server):
+    """On SIGTERM: mark the app draining (/ready → 503), wait ``drain_delay`` while still
+    serving, then shut down gracefully (stop accepting, let in-flight requests finish)."""
+
+    def __init__(
+        self, config: uvicorn.Config, *, on_drain: Callable[[], None], drain_delay: float
+    ) -> None:
+        super().__init__(config)
+        self._on_drain = on_drain
+        self._drain_delay = drain_delay
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and not self._draining:
+            self._draining = True
+            self._on_drain()
+            if self._drain_delay > 0:
+                timer = threading.Timer(self._drain_delay, super().handle_exit, (sig, frame))
+                timer.daemon = True
+                timer.start()
+                return
+        super().handle_exit(sig, frame)

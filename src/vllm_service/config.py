@@ -289,6 +289,15 @@ class ServerConfig(_Strict):
         default=DEFAULT_MAX_REQUEST_BODY_BYTES, ge=1024, description="Larger bodies get 413."
     )
     max_n: int = Field(default=16, ge=1, le=128, description="Largest 'n' (choices) accepted.")
+    drain_delay: float = Field(
+        default=0.0,
+        ge=0,
+        description="After SIGTERM, seconds /ready answers 503 while still serving, so a load "
+        "balancer stops sending traffic before the server stops accepting.",
+    )
+    shutdown_grace: float = Field(
+        default=30.0, gt=0, description="Seconds in-flight requests get to finish after SIGTERM."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
 

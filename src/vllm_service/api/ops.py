@@ -36,8 +36,21 @@ async def health(manager: Manager) -> JSONResponse:
 
 
 @router.get("/ready")
-async def ready(manager: Manager) -> JSONResponse:
-    """Readiness: every model is loaded and accepting work; 503 until then."""
+async def ready(request: Request, manager: Manager) -> JSONResponse:
+    """Readiness: every model is loaded and accepting work; 503 until then, and while draining."""
+    if getattr(request.app.state, "draining", False):
+        return JSONResponse(
+            {
+                "status": "draining",
+                "error": {
+                    "message": "the service is shutting down",
+                    "type": "service_unavailable_error",
+                    "param": None,
+                    "code": "draining",
+                },
+            },
+            status_code=503,
+        )
     engines = await manager.health()
     not_ready = sorted(name for name, h in engines.items() if not h.ready)
     if not_ready:
