@@ -238,7 +238,12 @@ class UpstreamEngine:
                 if response.status_code != 200:
                     body_text = await _bounded_body(response)
                     raise self._status_error(response.status_code, body_text, response.headers)
+                done = False
                 async for line in _bounded_lines(response):
+                    if done:
+                        # Read to the end (the chunked terminator) so the connection goes back
+                        # to the pool instead of being closed.
+                        continue
                     if time.monotonic() - submitted > self.options.total_timeout:
                         raise EngineUnavailableError(
                             "the upstream took longer than total_timeout", retry_after=1.0
@@ -247,7 +252,8 @@ class UpstreamEngine:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        break
+                        done = True
+                        continue
                     if data.startswith("{") and '"error"' in data[:200]:
                         error = json.loads(data).get("error")
                         if error is not None:
