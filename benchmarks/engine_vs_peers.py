@@ -248,7 +248,11 @@ class Sample:
 
 
 async def one_request(
-    client: openai.AsyncOpenAI, model: str, messages: list[dict[str, str]], seed: int
+    client: openai.AsyncOpenAI,
+    model: str,
+    messages: list[dict[str, str]],
+    seed: int,
+    sampling: dict[str, Any],
 ) -> Sample:
     start = time.perf_counter()
     stamps: list[float] = []
@@ -261,7 +265,7 @@ async def one_request(
             seed=seed,
             stream=True,
             stream_options={"include_usage": True},
-            **SAMPLING[os.environ.get("BENCH_SAMPLING", "top_p")],
+            **sampling,
         )
         async for chunk in stream:
             if chunk.usage is not None:
@@ -277,7 +281,7 @@ async def one_request(
 
 
 async def closed_loop(
-    peer: Peer, concurrency: int, requests: list[list[dict[str, str]]]
+    peer: Peer, concurrency: int, requests: list[list[dict[str, str]]], sampling: dict[str, Any]
 ) -> tuple[float, list[Sample]]:
     """Run ``requests`` with ``concurrency`` in flight; returns (output tokens/s, samples)."""
     client = openai.AsyncOpenAI(
@@ -289,7 +293,7 @@ async def closed_loop(
     async def worker() -> None:
         while queue:
             i, messages = queue.pop(0)
-            samples.append(await one_request(client, peer.model, messages, seed=i))
+            samples.append(await one_request(client, peer.model, messages, i, sampling))
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -337,7 +341,7 @@ async def main() -> None:
         "greedy: temperature 0",
     )
     args = parser.parse_args()
-    os.environ["BENCH_SAMPLING"] = args.sampling
+    sampling = SAMPLING[args.sampling]
 
     gguf = resolve_model_path("smollm2")
     threads = usable_cpus()
@@ -425,9 +429,9 @@ async def main() -> None:
         ]
         # Warm-up: load pages, fill the prompt caches with the system prompt.
         for p in peers:
-            await closed_loop(p, 1, user[:1])
+            await closed_loop(p, 1, user[:1], sampling)
         for p in (ours, ours_nc):
-            await closed_loop(p, 1, questions[:1])
+            await closed_loop(p, 1, questions[:1], sampling)
         take = iter(range(1, 400))
         qtake = iter(range(1, 200))
         for r in range(args.rounds):
@@ -435,14 +439,14 @@ async def main() -> None:
             batch = [user[next(take) % 400] for _ in range(args.requests)]
             solo = [user[next(take) % 400] for _ in range(args.solo)]
             for p in (ours, peer, lcp):
-                rate, samples = await closed_loop(p, 16, batch)
+                rate, samples = await closed_loop(p, 16, batch, sampling)
                 record(p, 16, rate, samples)
             for p in (ours, peer):
-                rate, samples = await closed_loop(p, 1, solo)
+                rate, samples = await closed_loop(p, 1, solo, sampling)
                 record(p, 1, rate, samples)
             shared = [questions[next(qtake) % 200] for _ in range(args.solo)]
             for p in (ours, ours_nc):
-                rate, samples = await closed_loop(p, 1, shared)
+                rate, samples = await closed_loop(p, 1, shared, sampling)
                 record(p, 300, rate, samples)  # 300: "shared system prompt" series
     finally:
         rss = {p.name: peak_rss_mib(p.process.pid) for p in peers if p.process}

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_in_thread
 from vllm_service.api.app import create_app
 from vllm_service.config import load_settings
 
@@ -69,14 +67,8 @@ def faulty() -> Iterator[Faulty]:
             Route("/{mode}/v1/chat/completions", upstream.chat, methods=["POST"]),
         ]
     )
-    server = uvicorn.Server(uvicorn.Config(app, port=upstream.port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield upstream
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app, upstream.port):
+        yield upstream
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_in_thread
 from vllm_service.api.app import create_app
 from vllm_service.config import load_settings
 
@@ -71,14 +68,8 @@ def recorder() -> Iterator[Recorder]:
             Route("/bad/{kind}/v1/chat/completions", rec.bad, methods=["POST"]),
         ]
     )
-    server = uvicorn.Server(uvicorn.Config(app, port=rec.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield rec
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app, rec.port):
+        yield rec
 
 
 def test_request_fields_never_reroute_and_the_trace_goes_upstream(

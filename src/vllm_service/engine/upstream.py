@@ -67,11 +67,16 @@ async def _bounded_body(response: httpx2.Response) -> str:
 
 
 def _parse_chunk(data: str, chat: bool) -> tuple[list[tuple[str | None, str | None]], Usage | None]:
-    """(text, finish_reason) of each choice, and usage, from one chunk; raises on bad shape."""
+    """(text, finish_reason) of each choice, and usage, from one chunk; raises on bad shape,
+    and an EngineError for an error event."""
     try:
         chunk = json.loads(data)
         if not isinstance(chunk, dict):
             raise TypeError("a chunk must be an object")
+        error = chunk.get("error")
+        if error is not None:
+            message = error.get("message") if isinstance(error, dict) else error
+            raise EngineError(f"upstream error: {str(message or error)[:500]}")
         usage = None
         if chunk.get("usage"):
             u = chunk["usage"]
@@ -254,10 +259,6 @@ class UpstreamEngine:
                     if data == "[DONE]":
                         done = True
                         continue
-                    if data.startswith("{") and '"error"' in data[:200]:
-                        error = json.loads(data).get("error")
-                        if error is not None:
-                            raise EngineError(f"upstream error: {_error_message(data, 500)}")
                     choices, chunk_usage = _parse_chunk(data, chat)
                     usage = chunk_usage or usage
                     for piece, reason in choices:
@@ -279,9 +280,6 @@ class UpstreamEngine:
         except UpstreamProtocolError:
             self._failures += 1
             raise
-        except ValueError as exc:  # a malformed error event
-            self._failures += 1
-            raise UpstreamProtocolError("the upstream sent a malformed error event") from exc
         if finish is None:
             self._failures += 1
             raise EngineError("the upstream ended the stream without a finish reason")

@@ -416,9 +416,7 @@ class Scheduler:
         if not self._waiting:
             return
         deadline = self._clock() - self._queue_timeout
-        if self._waiting[0].submitted_at > deadline and not any(
-            s.submitted_at <= deadline for s in self._waiting
-        ):
+        if not any(s.submitted_at <= deadline for s in self._waiting):
             return
         with self._lock:
             expired = [
