@@ -112,6 +112,9 @@ def start_service(
     port = free_port()
     args = [*service_command(), "serve", "--port", str(port)]
     if config is not None:
+        # Tests of the engine, routing and errors send identical greedy requests and need each
+        # to reach the engine: the response cache is on only where a test configures it.
+        config = {"cache": {"enabled": False}, **config}
         config_path = tmp_dir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
         args += ["--config", str(config_path)]

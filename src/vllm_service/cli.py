@@ -55,10 +55,10 @@ def _apply_cli(
             first.model_copy(update={"options": first.options.model_copy(update={"model": model})}),
             *models[1:],
         ]
-    data: dict[str, Any] = {
-        "server": server.model_dump(),
-        "models": [m.model_dump() for m in models],
-    }
+    data: dict[str, Any] = settings.model_dump()
+    data["server"] = server.model_dump()
+    data["models"] = [m.model_dump() for m in models]
+    # Every other section (observability, cache, ...) is kept as the file and environment set it.
     # Re-validate so that CLI values get the same checks as the file's.
     return Settings.model_validate(data)
 

@@ -230,6 +230,15 @@ class RetryConfig(_Strict):
     )
 
 
+class ModelCacheConfig(_Strict):
+    """A model's own response-cache settings (override the service-wide ones)."""
+
+    enabled: bool = Field(default=True, description="Cache this model's answers.")
+    ttl: float | None = Field(
+        default=None, gt=0, description="Seconds an answer stays fresh; unset = cache.ttl."
+    )
+
+
 def _options_kind(value: object) -> str:
     """Which options a model entry holds: an upstream's are the ones with a base_url."""
     if isinstance(value, dict):
@@ -261,6 +270,7 @@ class ModelConfig(_Strict):
     )
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
 
     @model_validator(mode="after")
     def _options_match_engine(self) -> ModelConfig:
@@ -336,6 +346,76 @@ class ObservabilityConfig(_Strict):
     )
 
 
+class SemanticCacheConfig(_Strict):
+    """Semantic lookups: a reworded last message may hit an answer cached for another wording."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Off by default: a close wording is not always the same question.",
+    )
+    threshold: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Cosine similarity of the last message's embedding needed for a hit.",
+    )
+    max_neighbours: int = Field(
+        default=1000,
+        ge=1,
+        description="Most embeddings kept per context (same model, parameters and earlier "
+        "messages); the oldest are dropped first.",
+    )
+
+
+class CacheConfig(_Strict):
+    """The response cache: answers to repeated requests, served without generating."""
+
+    enabled: bool = Field(default=True, description="Cache reproducible answers.")
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="memory: this process only; redis: shared by every replica.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="The Redis server (backend redis)."
+    )
+    redis_timeout: float = Field(
+        default=0.25,
+        gt=0,
+        description="Seconds a Redis call may take; slower counts as Redis being down.",
+    )
+    redis_retry_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="After a Redis failure, seconds served uncached before trying Redis again.",
+    )
+    key_prefix: str = Field(default="vllm-service:cache:", description="Redis key prefix.")
+    ttl: float = Field(default=3600.0, gt=0, description="Seconds an answer stays fresh.")
+    stale_if_error: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds past its TTL an answer may still serve when every deployment of "
+        "the model fails (the cache step of the fallback chain); 0 = never.",
+    )
+    max_entries: int = Field(
+        default=10_000, ge=1, description="Answers kept in memory; least recently used go first."
+    )
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="Bytes of answers kept in memory."
+    )
+    cache_sampled: bool = Field(
+        default=False,
+        description="Also cache sampled answers (temperature > 0 without a seed), which a "
+        "repeat would not reproduce.",
+    )
+    single_flight_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds an identical request waits for one already generating before it "
+        "generates on its own.",
+    )
+    semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
+
+
 class Settings(BaseSettings):
     """The whole configuration of one service process."""
 
@@ -347,6 +427,7 @@ class Settings(BaseSettings):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
 
     @field_validator("models")

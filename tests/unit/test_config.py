@@ -153,3 +153,15 @@ def test_a_vllm_process_needs_its_model() -> None:
                 {"name": "x", "engine": "process", "options": {"kind": "vllm", "served_model": "x"}}
             ],
         )
+
+
+def test_command_line_options_keep_every_other_section_of_the_file() -> None:
+    from vllm_service.cli import _apply_cli
+
+    settings = load_settings(
+        None, observability={"latency_target_ms": 123}, cache={"ttl": 5, "backend": "redis"}
+    )
+    applied = _apply_cli(settings, host=None, port=9999, model="/models/other.gguf")
+    assert applied.server.port == 9999
+    assert applied.observability.latency_target_ms == 123
+    assert (applied.cache.ttl, applied.cache.backend) == (5, "redis")

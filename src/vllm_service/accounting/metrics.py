@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from vllm_service.accounting.request_log import RequestRecord
 from vllm_service.engine.base import EngineHealth
+from vllm_service.manager.cache import ResponseCache
 from vllm_service.manager.manager import BREAKER_STATE_VALUE
 
 #: vllm_request_duration_seconds buckets: 5 ms ... 2 s, then +Inf.
@@ -114,10 +115,63 @@ class _EngineCollector(Collector):
         yield from counters.values()
 
 
+class _CacheCollector(Collector):
+    """Reads the response cache's counters at scrape time."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterable[Metric]:
+        cache = self.cache
+        lookups = CounterMetricFamily(
+            "vllm_cache_lookups",
+            "Response-cache outcomes per sequence: hit, semantic_hit, stale_hit, miss, refresh "
+            "(client sent no-cache), bypass (not cacheable, or no-store).",
+            labels=["model", "outcome"],
+        )
+        for (model, outcome), count in sorted(cache.lookups.items()):
+            lookups.add_metric([model, outcome], count)
+        yield lookups
+        errors = CounterMetricFamily(
+            "vllm_cache_errors",
+            "Failed cache-store calls (each served uncached), by operation.",
+            labels=["operation"],
+        )
+        for op, count in sorted(cache.errors.items()):
+            errors.add_metric([op], count)
+        yield errors
+        yield CounterMetricFamily(
+            "vllm_cache_stores", "Answers written to the cache.", value=cache.stores
+        )
+        yield CounterMetricFamily(
+            "vllm_cache_single_flight_waits",
+            "Requests that waited for an identical one already generating.",
+            value=cache.single_flight_waits,
+        )
+        yield GaugeMetricFamily(
+            "vllm_cache_up",
+            "1 when the cache store answers; 0 while it is failing (requests go uncached).",
+            value=0.0 if cache.degraded else 1.0,
+        )
+        stats = cache.store.stats()
+        if "entries" in stats:
+            yield GaugeMetricFamily(
+                "vllm_cache_entries", "Answers held in memory.", value=stats["entries"]
+            )
+            yield GaugeMetricFamily(
+                "vllm_cache_bytes", "Bytes of answers held in memory.", value=stats["bytes"]
+            )
+            yield CounterMetricFamily(
+                "vllm_cache_evictions",
+                "Answers evicted to stay within max_entries / max_bytes.",
+                value=stats["evictions"],
+            )
+
+
 class Metrics:
     """The service's metrics in their own registry (one per app, so tests can build many)."""
 
-    def __init__(self, *, latency_target: float) -> None:
+    def __init__(self, *, latency_target: float, cache: ResponseCache | None = None) -> None:
         self.latency_target = latency_target
         self.registry = CollectorRegistry()
         r = self.registry
@@ -138,6 +192,12 @@ class Metrics:
         )
         self.tokens_generated = Counter(
             "vllm_tokens_generated", "Completion tokens generated.", ["model"], registry=r
+        )
+        self.tokens_from_cache = Counter(
+            "vllm_cache_completion_tokens",
+            "Completion tokens answered from the response cache instead of generated.",
+            ["model"],
+            registry=r,
         )
         self.prompt_tokens = Counter(
             "vllm_prompt_tokens", "Prompt tokens received.", ["model"], registry=r
@@ -187,6 +247,8 @@ class Metrics:
         )
         self._engines = _EngineCollector()
         r.register(self._engines)
+        if cache is not None:
+            r.register(_CacheCollector(cache))
 
     def refresh_engines(self, snapshot: Mapping[str, EngineHealth]) -> None:
         self._engines.snapshot = snapshot
@@ -205,7 +267,10 @@ class Metrics:
             self.device_requests.labels(rec.device).inc()
         self.prompt_tokens.labels(model).inc(rec.prompt_tokens)
         self.cached_prompt_tokens.labels(model).inc(rec.cached_tokens)
-        self.tokens_generated.labels(model).inc(rec.completion_tokens)
+        if rec.cache == "hit":
+            self.tokens_from_cache.labels(model).inc(rec.completion_tokens)
+        else:
+            self.tokens_generated.labels(model).inc(rec.completion_tokens)
         if rec.ttft is not None:
             self.ttft.labels(model).observe(rec.ttft)
         if rec.queue_time is not None:

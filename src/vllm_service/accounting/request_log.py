@@ -41,6 +41,8 @@ class RequestRecord:
     #: The deployment that served it, and whether that was a fallback model's.
     deployment: str | None = None
     fallback: bool = False
+    #: The response cache's outcome: hit, miss or bypass (None: no model was reached).
+    cache: str | None = None
     stream: bool = False
     #: Seconds from the request's arrival to its response's end, and to its first token.
     latency: float | None = None
@@ -86,6 +88,7 @@ class RequestRecord:
             "device": self.device,
             "deployment": self.deployment,
             "fallback": self.fallback,
+            "cache": self.cache,
             "stream": self.stream,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,

@@ -22,7 +22,7 @@ from vllm_service.api.errors import BodySizeLimit, install_error_handlers
 from vllm_service.api.observe import Observe
 from vllm_service.config import ModelConfig, Settings
 from vllm_service.engine import Engine, build_engine
-from vllm_service.manager import ModelManager
+from vllm_service.manager import ModelManager, ResponseCache
 
 
 def create_app(
@@ -34,7 +34,8 @@ def create_app(
 
     ``telemetry`` overrides FastAPI's OpenTelemetry settings (tests pass their own provider).
     """
-    manager = ModelManager(settings.models, engine_factory)
+    cache = ResponseCache(settings.cache) if settings.cache.enabled else None
+    manager = ModelManager(settings.models, engine_factory, cache=cache)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,7 +75,7 @@ def create_app(
             allow_headers=["*"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_request_body_bytes)
-    metrics = Metrics(latency_target=obs.latency_target_ms / 1e3)
+    metrics = Metrics(latency_target=obs.latency_target_ms / 1e3, cache=cache)
     latency = LatencyWindow(
         window_seconds=obs.latency_window_seconds,
         latency_target=obs.latency_target_ms / 1e3,

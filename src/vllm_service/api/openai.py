@@ -48,7 +48,7 @@ from vllm_service.api.protocol import (
 from vllm_service.config import ServerConfig
 from vllm_service.engine import EngineError, GenerationRequest, SamplingParams, TokenDelta
 from vllm_service.engine.base import ChatMessage, TokenLogprob
-from vllm_service.manager import ModelManager, ServedModel, UnknownModelError
+from vllm_service.manager import CacheControl, ModelManager, Route, ServedModel, UnknownModelError
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ SYSTEM_FINGERPRINT = f"vllm-service-{__version__}"
 #: Which deployment served a response, and whether it was a fallback model's.
 DEPLOYMENT_HEADER = "x-vllm-service-deployment"
 FALLBACK_HEADER = "x-vllm-service-fallback"
+#: hit, miss or bypass (not cacheable, or the client sent Cache-Control: no-store).
+CACHE_HEADER = "x-cache"
+#: The cache key(s) of the response's choices, for DELETE /admin/cache/{key}.
+CACHE_KEY_HEADER = "x-cache-key"
+CACHE_HITS = {"hit", "semantic_hit", "stale_hit"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -140,6 +145,26 @@ def _sampling(
     )
 
 
+def _route_headers(routes: list[Route]) -> dict[str, str]:
+    """Which deployment served the response, whether a fallback did, and the cache outcome."""
+    headers = {}
+    first = routes[0]
+    if first.deployment is not None:
+        headers[DEPLOYMENT_HEADER] = first.deployment
+        headers[FALLBACK_HEADER] = "true" if any(r.fallback for r in routes) else "false"
+    outcomes = {r.cache for r in routes}
+    if outcomes <= CACHE_HITS:
+        headers[CACHE_HEADER] = "hit"
+    elif outcomes & {"bypass"}:
+        headers[CACHE_HEADER] = "bypass"
+    else:
+        headers[CACHE_HEADER] = "miss"
+    keys = [r.cache_key for r in routes if r.cache_key is not None]
+    if keys:
+        headers[CACHE_KEY_HEADER] = ", ".join(dict.fromkeys(keys))
+    return headers
+
+
 async def _start(
     request: Request,
     manager: ModelManager,
@@ -154,25 +179,21 @@ async def _start(
     rec = record_of(request)
     if rec is not None:
         rec.model, rec.device, rec.stream = served.config.name, manager.device(served), stream
-    routes: list[tuple[str, bool]] = []
-
-    def on_route(deployment: str, fallback: bool) -> None:
-        routes.append((deployment, fallback))
-
+    control = CacheControl.from_header(request.headers.get("cache-control"))
+    routes = [Route() for _ in requests]
+    pairs = zip(requests, routes, strict=True)
     streams = ChoiceStreams(
-        [manager.generate(served, r, on_route) for r in requests],
+        [manager.generate(served, r, route, control) for r, route in pairs],
         on_final=rec.add_final if rec is not None else None,
     )
     await until_disconnected(request, streams.prime())
-    headers = {}
-    if routes:
-        headers[DEPLOYMENT_HEADER] = routes[0][0]
-        headers[FALLBACK_HEADER] = "true" if any(f for _, f in routes) else "false"
+    headers = _route_headers(routes)
     if rec is not None:
         # Every choice has its first token now: the response can start.
         rec.ttft = time.monotonic() - rec.started
-        if routes:
-            rec.deployment, rec.fallback = routes[0][0], any(f for _, f in routes)
+        rec.deployment = headers.get(DEPLOYMENT_HEADER)
+        rec.fallback = headers.get(FALLBACK_HEADER) == "true"
+        rec.cache = headers[CACHE_HEADER]
     return streams, headers
 
 

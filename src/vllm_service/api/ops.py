@@ -1,4 +1,4 @@
-"""Operational endpoints: /health, /ready, /metrics and /performance/latency."""
+"""Operational endpoints: /health, /ready, /metrics, /performance/latency, /admin/cache."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ async def health(manager: Manager) -> JSONResponse:
             name: {"state": h.state, "device": h.device, **h.detail} for name, h in engines.items()
         },
     }
+    if manager.cache is not None:
+        await manager.cache.ping()
+        body["cache"] = manager.cache.health()
     devices = sorted({h.device for h in engines.values()})
     body["device"] = devices[0] if len(devices) == 1 else devices
     if manager.startup_error is not None:
@@ -84,3 +87,17 @@ async def performance_latency(request: Request) -> JSONResponse:
     """Latency SLI per model over the rolling window: percentiles, targets met, budget burn."""
     window: LatencyWindow = request.app.state.latency
     return JSONResponse(window.report())
+
+
+@router.delete("/admin/cache")
+async def purge_cache(manager: Manager) -> JSONResponse:
+    """Remove every cached answer."""
+    removed = await manager.cache.purge() if manager.cache is not None else 0
+    return JSONResponse({"purged": removed})
+
+
+@router.delete("/admin/cache/{key}")
+async def purge_cache_key(key: str, manager: Manager) -> JSONResponse:
+    """Remove one cached answer, by the key a response's x-cache-key header named."""
+    removed = await manager.cache.purge(key) if manager.cache is not None else 0
+    return JSONResponse({"purged": removed})

@@ -1,5 +1,13 @@
 """The model manager: model names and aliases to engines."""
 
-from vllm_service.manager.manager import ModelManager, ServedModel, UnknownModelError
+from vllm_service.manager.cache import CacheControl, ResponseCache
+from vllm_service.manager.manager import ModelManager, Route, ServedModel, UnknownModelError
 
-__all__ = ["ModelManager", "ServedModel", "UnknownModelError"]
+__all__ = [
+    "CacheControl",
+    "ModelManager",
+    "ResponseCache",
+    "Route",
+    "ServedModel",
+    "UnknownModelError",
+]

@@ -4,8 +4,12 @@ A model is one or more deployments (config entries sharing a name), each an engi
 own circuit breaker. A request goes to the admitted deployment with the fewest requests in
 flight. Failures before the first token are retried on another deployment (exponential
 backoff with jitter, a capped Retry-After), within the model's attempt budget and one overall
-deadline; then the model's fallbacks are tried in order; then the last error is returned.
+deadline; then an answer the response cache still holds for the request (within its
+stale window); then the model's fallbacks in order; then the last error is returned.
 Once a token has been handed on, nothing is retried: a failure ends the stream.
+
+A reproducible request is first looked up in the response cache; a hit is replayed without
+touching a deployment, and a miss that finishes normally is stored.
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ from vllm_service.engine import (
     build_engine,
 )
 from vllm_service.manager.breaker import BreakerOpenError, CircuitBreaker, Permit
+from vllm_service.manager.cache import (
+    AnswerRecorder,
+    CacheControl,
+    CachedAnswer,
+    CacheLookup,
+    ResponseCache,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +55,22 @@ class UnknownModelError(LookupError):
     def __init__(self, model: str) -> None:
         super().__init__(model)
         self.model = model
+
+
+#: The deployment name a cached answer reports.
+CACHE_DEPLOYMENT = "cache"
+
+
+@dataclass(slots=True)
+class Route:
+    """How one sequence was served; filled in by the manager once its answer has started."""
+
+    deployment: str | None = None
+    #: A fallback served it: a fallback model, or a stale cached answer.
+    fallback: bool = False
+    #: hit, semantic_hit, stale_hit, miss, refresh (no-cache) or bypass (not cacheable).
+    cache: str = "bypass"
+    cache_key: str | None = None
 
 
 @dataclass(eq=False)
@@ -80,9 +107,11 @@ class ModelManager:
         models: list[ModelConfig],
         engine_factory: Callable[[ModelConfig], Engine] = build_engine,
         *,
+        cache: ResponseCache | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
+        self.cache = cache
         self._served: list[ServedModel] = []
         by_name: dict[str, ServedModel] = {}
         for entry in models:
@@ -151,6 +180,8 @@ class ModelManager:
 
     async def stop(self) -> None:
         await asyncio.gather(*(d.engine.stop() for d in self.deployments), return_exceptions=True)
+        if self.cache is not None:
+            await self.cache.close()
 
     async def health(self) -> dict[str, EngineHealth]:
         """Each deployment's engine health, with its breaker and routing counters."""
@@ -181,22 +212,75 @@ class ModelManager:
         self,
         served: ServedModel,
         req: GenerationRequest,
-        on_route: Callable[[str, bool], None] | None = None,
+        route: Route | None = None,
+        cache_control: CacheControl = CacheControl.USE,
     ) -> AsyncIterator[TokenDelta]:
-        """Stream the answer; ``on_route(deployment id, fallback used)`` once it has started."""
-        return self._generate(served, req, on_route)
+        """Stream the answer; ``route`` says how it was served once it has started."""
+        return self._serve(served, req, route or Route(), cache_control)
+
+    async def _serve(
+        self,
+        served: ServedModel,
+        req: GenerationRequest,
+        route: Route,
+        control: CacheControl,
+    ) -> AsyncIterator[TokenDelta]:
+        cache = self.cache
+        lookup = None
+        if cache is not None and control is not CacheControl.BYPASS:
+            lookup = cache.plan(served.config, req)
+        if cache is None or lookup is None:
+            if cache is not None:
+                cache.count(None, served.config.name, "bypass")
+            async for delta in self._generate(served, req, route, None):
+                yield delta
+            return
+        route.cache_key = lookup.key
+        flight = None
+        if control is CacheControl.USE:
+            found = await cache.get(lookup)
+            if found is None:
+                flight, shared = await cache.join(lookup)
+                if shared is not None:
+                    cache.count(lookup, served.config.name, "hit")
+                    found = shared, "hit"
+            if found is not None:
+                answer, route.cache = found
+                route.deployment = CACHE_DEPLOYMENT
+                yield answer.delta()
+                return
+        route.cache = "miss" if control is CacheControl.USE else "refresh"
+        cache.count(lookup, served.config.name, route.cache)
+        recorder = AnswerRecorder()
+        try:
+            async for delta in self._generate(served, req, route, lookup):
+                recorder.add(delta)
+                yield delta
+        finally:
+            recorded = recorder.answer if route.cache != "stale_hit" else None
+            if flight is not None:
+                cache.finish(lookup, flight, recorded)
+            if recorded is not None:
+                await cache.put(lookup, recorded)
 
     async def _generate(
         self,
         served: ServedModel,
         req: GenerationRequest,
-        on_route: Callable[[str, bool], None] | None,
+        route: Route,
+        lookup: CacheLookup | None,
     ) -> AsyncIterator[TokenDelta]:
         retry = served.config.retry
         deadline = self._clock() + retry.deadline
         chain = [served, *(self.resolve(name) for name in served.config.fallbacks)]
         last_error: EngineError | None = None
         for model in chain:
+            if model is not served and lookup is not None:
+                stale = await self._stale(lookup, route)
+                if stale is not None:
+                    yield stale.delta()
+                    return
+                lookup = None  # looked up once, before the first fallback
             started = await self._first_delta(model, req, deadline, model.config.retry)
             if isinstance(started, EngineError):
                 last_error = started
@@ -204,8 +288,7 @@ class ModelManager:
                     break  # the request itself is wrong: no other deployment will differ
                 continue
             dep, permit, stream, first = started
-            if on_route is not None:
-                on_route(dep.id, model is not served)
+            route.deployment, route.fallback = dep.id, model is not served
             inner = self._stream(dep, permit, stream, first)
             try:
                 async for delta in inner:
@@ -213,9 +296,21 @@ class ModelManager:
             finally:
                 await inner.aclose()  # runs its accounting even when our reader left early
             return
+        if lookup is not None and not isinstance(last_error, InvalidRequestError):
+            stale = await self._stale(lookup, route)
+            if stale is not None:
+                yield stale.delta()
+                return
         raise last_error or EngineUnavailableError(
             f"no deployment of {served.config.name!r} is available", retry_after=1.0
         )
+
+    async def _stale(self, lookup: CacheLookup, route: Route) -> CachedAnswer | None:
+        """The cache step of the fallback chain: an answer within its stale window."""
+        answer = await self.cache.get_stale(lookup) if self.cache is not None else None
+        if answer is not None:
+            route.deployment, route.fallback, route.cache = CACHE_DEPLOYMENT, True, "stale_hit"
+        return answer
 
     async def _first_delta(
         self, served: ServedModel, req: GenerationRequest, deadline: float, retry: RetryConfig

@@ -1,0 +1,404 @@
+"""ResponseCache: answers to repeated requests, served without generating.
+
+* The key of a sequence is a hash of everything that decides its output: the resolved model,
+  the messages (or prompt), and every sampling parameter. Only reproducible sequences are
+  cached (temperature 0, or a seed given) unless ``cache_sampled`` says otherwise.
+* An answer is stored only once it finished normally; one cut short (an error, a client that
+  left) never is.
+* Single flight: a request identical to one still generating waits for that one's answer
+  (bounded by ``single_flight_timeout``); if the first fails, the waiters generate on their own.
+* Semantic (opt-in): when the exact key misses, the last message's embedding is compared with
+  those of answers cached for the same context (model, parameters, earlier messages); the
+  nearest above ``threshold`` is a hit.
+* The cache never fails a request: a store error (Redis down) is a miss, counted, and the store
+  is left alone for ``redis_retry_interval`` before it is tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from vllm_service.config import CacheConfig, ModelConfig
+from vllm_service.engine import FinishReason, GenerationRequest, TokenDelta
+from vllm_service.engine.base import TokenLogprob, TopLogprob, Usage
+from vllm_service.manager.breaker import BreakerOpenError, CircuitBreaker
+from vllm_service.manager.cache_store import CacheStore, MemoryStore, RedisStore, Vector
+from vllm_service.manager.semantic import Embedder, WordLlamaEmbedder, nearest
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Bumped when the key's inputs or the stored format change, so old entries stop matching.
+KEY_VERSION = "1"
+
+
+class CacheControl(enum.Enum):
+    """What the client's ``Cache-Control`` header asks of the cache."""
+
+    USE = "use"  # read, and store a miss
+    REFRESH = "refresh"  # no-cache: do not read, store the new answer
+    BYPASS = "bypass"  # no-store: neither read nor store
+
+    @classmethod
+    def from_header(cls, value: str | None) -> CacheControl:
+        if not value:
+            return cls.USE
+        directives = {d.strip().lower() for d in value.split(",")}
+        if "no-store" in directives:
+            return cls.BYPASS
+        if "no-cache" in directives or "max-age=0" in directives:
+            return cls.REFRESH
+        return cls.USE
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """One finished sequence, as it is stored and replayed."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+    def delta(self) -> TokenDelta:
+        """The whole answer as one final delta."""
+        return TokenDelta(
+            text=self.text,
+            logprobs=self.logprobs,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+        )
+
+    def encode(self) -> bytes:
+        u = self.usage
+        body: dict[str, Any] = {
+            "t": self.text,
+            "f": self.finish_reason.value,
+            "u": [u.prompt_tokens, u.completion_tokens, u.cached_tokens],
+        }
+        if self.logprobs:
+            body["l"] = [
+                [
+                    lp.token,
+                    lp.logprob,
+                    _b64(lp.token_bytes),
+                    [[t.token, t.logprob, _b64(t.token_bytes)] for t in lp.top],
+                ]
+                for lp in self.logprobs
+            ]
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CachedAnswer:
+        body = json.loads(raw)
+        p, c, cached = body["u"]
+        return cls(
+            text=body["t"],
+            finish_reason=FinishReason(body["f"]),
+            usage=Usage(prompt_tokens=p, completion_tokens=c, cached_tokens=cached),
+            logprobs=tuple(
+                TokenLogprob(
+                    token=token,
+                    logprob=logprob,
+                    token_bytes=base64.b64decode(raw_bytes),
+                    top=tuple(TopLogprob(t, lp, base64.b64decode(b)) for t, lp, b in top),
+                )
+                for token, logprob, raw_bytes, top in body.get("l", [])
+            ),
+        )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class AnswerRecorder:
+    """Collects a sequence's deltas; ``answer`` is set once it finished normally."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._logprobs: list[TokenLogprob] = []
+        self.answer: CachedAnswer | None = None
+
+    def add(self, delta: TokenDelta) -> None:
+        self._text.append(delta.text)
+        self._logprobs.extend(delta.logprobs)
+        if delta.finish_reason is not None and delta.usage is not None:
+            self.answer = CachedAnswer(
+                text="".join(self._text),
+                finish_reason=delta.finish_reason,
+                usage=delta.usage,
+                logprobs=tuple(self._logprobs),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLookup:
+    """Where one sequence's answer lives in the cache."""
+
+    model: str
+    key: str
+    ttl: float
+    #: Semantic lookups: the context (everything but the last message) and the last message.
+    context: str | None = None
+    question: str | None = None
+
+
+def _digest(parts: object) -> str:
+    text = json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+class Flight:
+    """A sequence being generated that identical requests may wait for."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
+        self.waiters = 0
+
+
+class ResponseCache:
+    """The response cache of one service process (its store may be shared)."""
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        *,
+        store: CacheStore | None = None,
+        embedder: Embedder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.backend = config.backend if store is None else type(store).__name__
+        if store is None:
+            store = self._build_store(config, clock)
+        self.store = store
+        if config.semantic.enabled and embedder is None:
+            embedder = WordLlamaEmbedder()
+        self._embedder = embedder if config.semantic.enabled else None
+        # A store that fails is skipped for redis_retry_interval, then one call tries it again.
+        self._store_breaker = CircuitBreaker(
+            "response-cache",
+            failure_threshold=1,
+            recovery_timeout=config.redis_retry_interval,
+            half_open_max_calls=1,
+            probe_timeout=config.redis_timeout * 2,
+            clock=clock,
+        )
+        self._flights: dict[str, Flight] = {}
+        #: (model, outcome) → count; outcomes: hit, semantic_hit, stale_hit, miss, refresh, bypass.
+        self.lookups: Counter[tuple[str, str]] = Counter()
+        #: Failed store calls by operation (get, put, delete, ...).
+        self.errors: Counter[str] = Counter()
+        self.stores = 0
+        self.single_flight_waits = 0
+        self.last_error: str | None = None
+
+    @staticmethod
+    def _build_store(config: CacheConfig, clock: Callable[[], float]) -> CacheStore:
+        if config.backend == "redis":
+            return RedisStore(
+                config.redis_url,
+                prefix=config.key_prefix,
+                timeout=config.redis_timeout,
+                stale_if_error=config.stale_if_error,
+                max_neighbours=config.semantic.max_neighbours,
+            )
+        return MemoryStore(
+            max_entries=config.max_entries,
+            max_bytes=config.max_bytes,
+            stale_if_error=config.stale_if_error,
+            max_neighbours=config.semantic.max_neighbours,
+            clock=clock,
+        )
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def plan(self, model: ModelConfig, req: GenerationRequest) -> CacheLookup | None:
+        """Where ``req``'s answer is cached, or None when it must not be cached."""
+        if not (self.config.enabled and model.cache.enabled):
+            return None
+        sampling = req.sampling
+        reproducible = sampling.temperature == 0 or sampling.seed is not None
+        if not (reproducible or self.config.cache_sampled):
+            return None
+        params = dataclasses.astuple(sampling)
+        messages = [[m.role, m.content] for m in req.messages] if req.messages else None
+        key = _digest([KEY_VERSION, model.name, params, messages, req.prompt, req.prompt_token_ids])
+        ttl = model.cache.ttl or self.config.ttl
+        context = question = None
+        if self._embedder is not None:
+            if req.messages:
+                *earlier, last = messages or []
+                context = _digest([KEY_VERSION, model.name, params, earlier, last[0]])
+                question = last[1]
+            elif req.prompt is not None:
+                context = _digest([KEY_VERSION, model.name, params, "prompt"])
+                question = req.prompt
+        return CacheLookup(model.name, key, ttl, context, question)
+
+    # -- the store, guarded -----------------------------------------------------------------
+
+    @property
+    def degraded(self) -> bool:
+        return self._store_breaker.state.value != "closed"
+
+    async def _guarded(self, op: str, call: Callable[[], Awaitable[T]], default: T) -> T:
+        """Run a store call; a failure (or a store still resting after one) gives ``default``."""
+        try:
+            permit = self._store_breaker.acquire()
+        except BreakerOpenError:
+            return default
+        try:
+            result = await call()
+        except asyncio.CancelledError:
+            permit.release()
+            raise
+        except Exception as exc:  # Redis down, timed out, protocol error: serve uncached
+            permit.failure()
+            self.errors[op] += 1
+            if not self.degraded or self.last_error is None:
+                logger.warning("response cache %s failed: %r", op, exc)
+            self.last_error = f"{op}: {exc!r}"
+            return default
+        permit.success()
+        return result
+
+    async def _read(self, key: str, *, stale: bool) -> CachedAnswer | None:
+        raw = await self._guarded("get", lambda: self.store.get(key, stale=stale), None)
+        if raw is None:
+            return None
+        try:
+            return CachedAnswer.decode(raw)
+        except (ValueError, KeyError, TypeError):
+            self.errors["decode"] += 1
+            return None
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    async def get(self, lookup: CacheLookup) -> tuple[CachedAnswer, str] | None:
+        """A fresh answer and how it was found (hit, semantic_hit), or None (not yet counted)."""
+        answer = await self._read(lookup.key, stale=False)
+        if answer is not None:
+            self.lookups[lookup.model, "hit"] += 1
+            return answer, "hit"
+        if self._embedder is None or lookup.context is None or lookup.question is None:
+            return None
+        no_candidates: list[tuple[str, Vector]] = []
+        candidates = await self._guarded(
+            "neighbours", lambda: self.store.neighbours(lookup.context or ""), no_candidates
+        )
+        best = nearest(self._embedder.embed(lookup.question), candidates)
+        if best is None or best[1] < self.config.semantic.threshold:
+            return None
+        answer = await self._read(best[0], stale=False)
+        if answer is None:
+            return None
+        self.lookups[lookup.model, "semantic_hit"] += 1
+        return answer, "semantic_hit"
+
+    async def get_stale(self, lookup: CacheLookup) -> CachedAnswer | None:
+        """An answer within its stale window, for when every deployment failed."""
+        if self.config.stale_if_error <= 0:
+            return None
+        answer = await self._read(lookup.key, stale=True)
+        if answer is not None:
+            self.lookups[lookup.model, "stale_hit"] += 1
+        return answer
+
+    def count(self, lookup: CacheLookup | None, model: str, outcome: str) -> None:
+        self.lookups[lookup.model if lookup else model, outcome] += 1
+
+    async def put(self, lookup: CacheLookup, answer: CachedAnswer) -> None:
+        value = answer.encode()
+        stored = await self._guarded(
+            "put", lambda: _true(self.store.put(lookup.key, value, lookup.ttl)), False
+        )
+        if not stored:
+            return
+        self.stores += 1
+        if self._embedder is not None and lookup.context and lookup.question is not None:
+            vector = self._embedder.embed(lookup.question)
+            await self._guarded(
+                "add_neighbour",
+                lambda: self.store.add_neighbour(
+                    lookup.context or "", lookup.key, vector, lookup.ttl
+                ),
+                None,
+            )
+
+    # -- single flight ----------------------------------------------------------------------
+
+    async def join(self, lookup: CacheLookup) -> tuple[Flight | None, CachedAnswer | None]:
+        """Lead the generation of ``lookup`` (a Flight to finish), or wait for its leader.
+
+        Returns (flight, None) to the leader, (None, answer) to a waiter whose leader
+        succeeded, and (None, None) to a waiter that must generate on its own.
+        """
+        flight = self._flights.get(lookup.key)
+        if flight is None:
+            flight = self._flights[lookup.key] = Flight()
+            return flight, None
+        flight.waiters += 1
+        self.single_flight_waits += 1
+        try:
+            answer = await asyncio.wait_for(
+                asyncio.shield(flight.done), self.config.single_flight_timeout
+            )
+        except TimeoutError:
+            return None, None
+        return None, answer
+
+    def finish(self, lookup: CacheLookup, flight: Flight, answer: CachedAnswer | None) -> None:
+        """The leader's answer (None: it failed) goes to every waiter."""
+        if self._flights.get(lookup.key) is flight:
+            del self._flights[lookup.key]
+        if not flight.done.done():
+            flight.done.set_result(answer)
+
+    # -- administration ---------------------------------------------------------------------
+
+    async def purge(self, key: str | None = None) -> int:
+        """Remove one answer (by key) or all; returns how many were removed."""
+        if key is None:
+            return await self._guarded("clear", self.store.clear, 0)
+        return int(await self._guarded("delete", lambda: self.store.delete(key), False))
+
+    async def ping(self) -> None:
+        """Probe a resting store so /health notices when Redis is back."""
+        ping = getattr(self.store, "ping", None)
+        if ping is not None and self.degraded:
+            await self._guarded("ping", ping, None)
+
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "enabled": self.config.enabled,
+            "backend": self.config.backend,
+            "state": "degraded" if self.degraded else "ok",
+            "semantic": self._embedder is not None,
+            "stores": self.stores,
+            "errors": sum(self.errors.values()),
+            **self.store.stats(),
+        }
+        if self.degraded and self.last_error:
+            body["error"] = self.last_error
+        return body
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+async def _true(call: Awaitable[None]) -> bool:
+    await call
+    return True
