@@ -339,3 +339,56 @@ def test_a_dead_redis_degrades_the_cache_but_never_a_request(
         assert time.monotonic() < deadline, "the cache never recovered"
         time.sleep(0.1)
     assert [chat(client, **body)[0] for _ in range(2)] == ["miss", "hit"]
+
+
+def test_a_stale_answer_is_the_fallback_when_every_deployment_fails() -> None:
+    from fastapi.testclient import TestClient
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from tests.conftest import serve_in_thread
+    from tests.integration.test_upstream_faults import Faulty
+    from vllm_service.api.app import create_app
+    from vllm_service.config import load_settings
+
+    upstream = Faulty()
+    app = Starlette(routes=[Route("/switch/v1/chat/completions", upstream.chat, methods=["POST"])])
+    settings = load_settings(
+        None,
+        cache={"ttl": 0.2, "stale_if_error": 600},
+        models=[
+            {
+                "name": "flaky",
+                "engine": "upstream",
+                "options": {
+                    "base_url": f"http://127.0.0.1:{upstream.port}/switch/v1",
+                    "model": "m",
+                },
+                "retry": {"max_attempts": 1},
+            }
+        ],
+    )
+
+    def ask(content: str = "hi") -> Any:
+        body = {"model": "flaky", "messages": [{"role": "user", "content": content}]}
+        return client.post("/v1/chat/completions", json={**body, "temperature": 0})
+
+    with serve_in_thread(app, upstream.port), TestClient(create_app(settings)) as client:
+        fresh = ask()
+        assert (fresh.status_code, fresh.headers["x-cache"]) == (200, "miss")
+        time.sleep(0.3)  # the answer is past its TTL now, within its stale window
+        upstream.mode = "fail500"
+        calls = upstream.calls
+        stale = ask()
+        assert upstream.calls == calls + 1  # the deployment was tried first
+        assert stale.status_code == 200
+        assert stale.headers["x-cache"] == "hit"
+        assert stale.headers["x-vllm-service-deployment"] == "cache"
+        assert stale.headers["x-vllm-service-fallback"] == "true"
+        assert stale.json()["choices"] == fresh.json()["choices"]
+        # Nothing cached for this one: the client gets the deployment's error, cleanly.
+        failed = ask("something else")
+        assert failed.status_code >= 500
+        assert "error" in failed.json()
+        metrics = client.get("/metrics").text
+        assert 'vllm_cache_lookups_total{model="flaky",outcome="stale_hit"} 1.0' in metrics
