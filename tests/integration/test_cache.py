@@ -94,6 +94,7 @@ def redis_config(url: str) -> dict[str, Any]:
             "backend": "redis",
             "redis_url": url,
             "redis_retry_interval": 0.2,
+            "semantic": {"enabled": True},
         },
         "models": [model_entry()],
     }
@@ -253,6 +254,23 @@ def test_a_streamed_request_cut_short_is_not_stored(cached: Service) -> None:
     assert again.headers["x-cache"] == "miss"
 
 
+def test_the_choices_of_one_request_do_not_wait_for_each_other(cached: Service) -> None:
+    purge(cached)
+
+    def waits() -> float:
+        metrics = httpx2.get(f"{cached.base_url}/metrics", timeout=10).text
+        line = next(x for x in metrics.splitlines() if x.startswith("vllm_cache_single_flight"))
+        return float(line.rsplit(" ", 1)[1])
+
+    before = waits()
+    header, completion = chat(cached.client(), n=2)
+    assert header == "miss"
+    assert [c.index for c in completion.choices] == [0, 1]
+    assert completion.choices[0].message.content == completion.choices[1].message.content
+    assert waits() == before
+    assert chat(cached.client(), n=2)[0] == "hit"
+
+
 def test_identical_concurrent_requests_cause_exactly_one_generation(cached: Service) -> None:
     purge(cached)
     before = cached.wait_idle()
@@ -310,6 +328,19 @@ def test_two_services_on_one_redis_share_hits(redis_pair: tuple[Service, Service
     assert (miss_header, hit_header) == ("miss", "hit")
     assert shared.choices[0].message.content == original.choices[0].message.content
     assert shared.usage == original.usage
+
+
+def test_semantic_neighbours_are_shared_through_redis(
+    redis_pair: tuple[Service, Service],
+) -> None:
+    first, second = redis_pair
+    purge(first)
+    original = chat(first.client(), messages=[{"role": "user", "content": "Say hi in Spanish."}])
+    reworded = chat(
+        second.client(), messages=[{"role": "user", "content": "How do you say hi in Spanish?"}]
+    )
+    assert (original[0], reworded[0]) == ("miss", "hit")
+    assert reworded[1].choices[0].message.content == original[1].choices[0].message.content
 
 
 def test_a_dead_redis_degrades_the_cache_but_never_a_request(

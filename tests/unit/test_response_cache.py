@@ -105,6 +105,10 @@ def test_only_reproducible_requests_are_cached_unless_configured() -> None:
     assert sampled.plan(model, request(temperature=0.8)) is not None
     off = ModelConfig(name="m", cache={"enabled": False})
     assert cache.plan(off, request(temperature=0.0)) is None
+    short = cache.plan(ModelConfig(name="m", cache={"ttl": 5}), request(temperature=0.0))
+    assert short is not None
+    assert short.ttl == 5
+    assert cache.plan(model, request(temperature=0.0)).ttl == 3600  # type: ignore[union-attr]
 
 
 def test_the_key_covers_the_model_the_messages_and_every_sampling_parameter() -> None:
@@ -150,18 +154,22 @@ def test_a_failed_leader_is_not_shared_and_a_waiter_generates_on_its_own() -> No
     lookup = cache.plan(ModelConfig(name="m"), request(temperature=0.0))
     assert lookup is not None
 
+    leader = object()
+
     async def scenario() -> tuple[object, object]:
-        flight, shared = await cache.join(lookup)
+        flight, shared = await cache.join(lookup, leader)
         assert flight is not None
         assert shared is None
-        waiter = asyncio.ensure_future(cache.join(lookup))
+        # Another choice of the leader's own request does not wait for it.
+        assert await cache.join(lookup, leader) == (None, None)
+        waiter = asyncio.ensure_future(cache.join(lookup, object()))
         await asyncio.sleep(0)
         cache.finish(lookup, flight, None)  # the leader failed
         failed = await waiter
         # Next time the leader succeeds: a waiter receives its answer.
-        flight, _ = await cache.join(lookup)
+        flight, _ = await cache.join(lookup, leader)
         assert flight is not None
-        waiter = asyncio.ensure_future(cache.join(lookup))
+        waiter = asyncio.ensure_future(cache.join(lookup, object()))
         await asyncio.sleep(0)
         answer = CachedAnswer("x", FinishReason.STOP, Usage(1, 1))
         cache.finish(lookup, flight, answer)

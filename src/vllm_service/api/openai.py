@@ -180,7 +180,8 @@ async def _start(
     if rec is not None:
         rec.model, rec.device, rec.stream = served.config.name, manager.device(served), stream
     control = CacheControl.from_header(request.headers.get("cache-control"))
-    routes = [Route() for _ in requests]
+    group = object()
+    routes = [Route(group=group) for _ in requests]
     pairs = zip(requests, routes, strict=True)
     streams = ChoiceStreams(
         [manager.generate(served, r, route, control) for r, route in pairs],

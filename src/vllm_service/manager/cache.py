@@ -163,7 +163,10 @@ def _digest(parts: object) -> str:
 class Flight:
     """A sequence being generated that identical requests may wait for."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: object) -> None:
+        #: The HTTP request generating it: its other choices must not wait for it (they are
+        #: not read until every choice has started).
+        self.owner = owner
         self.done: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
         self.waiters = 0
 
@@ -340,16 +343,21 @@ class ResponseCache:
 
     # -- single flight ----------------------------------------------------------------------
 
-    async def join(self, lookup: CacheLookup) -> tuple[Flight | None, CachedAnswer | None]:
+    async def join(
+        self, lookup: CacheLookup, owner: object
+    ) -> tuple[Flight | None, CachedAnswer | None]:
         """Lead the generation of ``lookup`` (a Flight to finish), or wait for its leader.
 
         Returns (flight, None) to the leader, (None, answer) to a waiter whose leader
-        succeeded, and (None, None) to a waiter that must generate on its own.
+        succeeded, and (None, None) to a waiter that must generate on its own (its leader
+        failed or took too long, or belongs to the same request).
         """
         flight = self._flights.get(lookup.key)
         if flight is None:
-            flight = self._flights[lookup.key] = Flight()
+            flight = self._flights[lookup.key] = Flight(owner)
             return flight, None
+        if flight.owner is owner:
+            return None, None
         flight.waiters += 1
         self.single_flight_waits += 1
         try:

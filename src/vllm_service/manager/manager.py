@@ -71,6 +71,8 @@ class Route:
     #: hit, semantic_hit, stale_hit, miss, refresh (no-cache) or bypass (not cacheable).
     cache: str = "bypass"
     cache_key: str | None = None
+    #: The choices of one request share a group: they never wait for each other's answer.
+    group: object = None
 
 
 @dataclass(eq=False)
@@ -240,7 +242,7 @@ class ModelManager:
         if control is CacheControl.USE:
             found = await cache.get(lookup)
             if found is None:
-                flight, shared = await cache.join(lookup)
+                flight, shared = await cache.join(lookup, route.group or route)
                 if shared is not None:
                     cache.count(lookup, served.config.name, "hit")
                     found = shared, "hit"
