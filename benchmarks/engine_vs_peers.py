@@ -355,14 +355,22 @@ async def main() -> None:
     lcp_python = ensure_lcp_server()
     exe = shutil.which("vllm-service") or "vllm-service"
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    # The response cache stays off: the engines are compared, not a cache's replay.
+    engine_cfg = workdir / "engine.yaml"
+    engine_cfg.write_text("cache: {enabled: false}\n")
     no_cache_cfg = workdir / "no-prefix-cache.yaml"
     no_cache_cfg.write_text(
+        "cache: {enabled: false}\n"
         "models:\n  - name: smollm2-135m-instruct\n    options: {enable_prefix_caching: false}\n"
     )
     ours_model = "smollm2-135m-instruct"
     ports = [free_port() for _ in range(4)]
     ours = Peer(
-        "vllm-service", [exe, "serve", "--port", str(ports[0])], ours_model, ports[0], "/ready"
+        "vllm-service",
+        [exe, "serve", "--port", str(ports[0]), "--config", str(engine_cfg)],
+        ours_model,
+        ports[0],
+        "/ready",
     )
     ours_nc = Peer(
         "vllm-service (no prefix cache)",

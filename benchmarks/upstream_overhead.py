@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="upstream-bench-"))
     backend, direct_url = start(
-        {"models": [{"name": MODEL, "options": {"max_num_seqs": 4}}], "observability": {}},
+        {"models": [{"name": MODEL, "options": {"max_num_seqs": 4}}], "cache": {"enabled": False}},
         workdir,
         "backend",
     )
@@ -72,7 +72,9 @@ def main() -> None:
                     "engine": "upstream",
                     "options": {"base_url": f"{direct_url}/v1", "model": MODEL},
                 }
-            ]
+            ],
+            # Every request must reach the upstream: the proxying is measured, not the cache.
+            "cache": {"enabled": False},
         },
         workdir,
         "front",
