@@ -5,7 +5,11 @@ an upstream engine pointing at it; then alternates identical requests direct and
 front: non-streaming (end-to-end) and streaming (time to first token). Prints p50/p99 of each
 and of the added time. Asserts nothing.
 
-    python benchmarks/upstream_overhead.py [--requests 100]
+With ``--upstream model`` (the default) the backend generates every answer, so on a small
+machine the model's threads compete with the front for the cores. With ``--upstream cache`` the
+backend answers from its response cache, isolating the time the front itself adds.
+
+    python benchmarks/upstream_overhead.py [--requests 100] [--upstream model|cache]
 """
 
 from __future__ import annotations
@@ -57,10 +61,15 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--upstream", choices=["model", "cache"], default="model")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="upstream-bench-"))
     backend, direct_url = start(
-        {"models": [{"name": MODEL, "options": {"max_num_seqs": 4}}], "cache": {"enabled": False}},
+        {
+            "models": [{"name": MODEL, "options": {"max_num_seqs": 4}}],
+            "cache": {"enabled": args.upstream == "cache"},
+            "observability": {"log_requests": False},
+        },
         workdir,
         "backend",
     )

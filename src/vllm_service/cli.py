@@ -101,6 +101,9 @@ def serve(
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The HTTP client logs every upstream request at INFO: the request log already has them.
+    for name in ("httpx2", "httpcore2"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         application = create_app(settings)
     except Exception as exc:
