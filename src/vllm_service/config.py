@@ -338,6 +338,11 @@ class ObservabilityConfig(_Strict):
         ge=100,
         description="Most recent requests kept per model for the percentiles (bounds memory).",
     )
+    enabled: bool = Field(
+        default=True,
+        description="Per-request metrics, the latency window, request logs and spans; off only "
+        "to measure what they cost (the engine and cache gauges stay on /metrics).",
+    )
     log_requests: bool = Field(default=True, description="One JSON log line per request.")
     tracing: bool = Field(
         default=False,

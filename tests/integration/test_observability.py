@@ -57,7 +57,10 @@ def exported_names(service: Service) -> set[str]:
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A service of its own, so every request it counts is one these tests sent."""
-    config = {"models": [{"name": MODEL, "options": {"max_model_len": 512, "max_num_seqs": 4}}]}
+    config = {
+        "models": [{"name": MODEL, "options": {"max_model_len": 512, "max_num_seqs": 4}}],
+        "cache": {"enabled": True},
+    }
     svc = start_service(tmp_path_factory.mktemp("observed"), config)
     yield svc
     svc.stop()
@@ -90,20 +93,25 @@ def chat_body(**fields: object) -> dict[str, object]:
 
 def test_metrics_count_a_known_sequence_of_requests(observed: Service) -> None:
     base = observed.base_url
+    httpx2.delete(f"{base}/admin/cache", timeout=10)
     before = scrape(observed)
     usages = []
     with httpx2.Client(base_url=base, timeout=60) as http:
+        # A miss, then the same request twice more: two cache hits (one of them streamed).
         for _ in range(2):
             r = http.post(CHAT, json=chat_body())
             assert r.status_code == 200
             usages.append(r.json()["usage"])
         r = http.post(CHAT, json=chat_body(stream=True, stream_options={"include_usage": True}))
         assert r.status_code == 200
+        assert r.headers["x-cache"] == "hit"
         # The usage chunk is the one before [DONE].
         events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
         usages.append(json.loads(events[-2])["usage"])
+        # Sampled without a seed: not cacheable, generated.
         r = http.post("/v1/completions", json={"model": MODEL, "prompt": "Once", "max_tokens": 5})
         assert r.status_code == 200
+        assert r.headers["x-cache"] == "bypass"
         usages.append(r.json()["usage"])
         assert http.post(CHAT, json=chat_body(messages=[])).status_code == 400
         assert http.post(CHAT, json=chat_body(model="no-such-model")).status_code == 404
@@ -112,6 +120,7 @@ def test_metrics_count_a_known_sequence_of_requests(observed: Service) -> None:
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
+    generated, cached = [usages[0], usages[3]], [usages[1], usages[2]]
     ok_chat = {"model": MODEL, "route": CHAT, "status": "200"}
     assert delta("vllm_requests_total", **ok_chat) == 3
     assert delta("vllm_request_duration_seconds_count", **ok_chat) == 3
@@ -119,20 +128,31 @@ def test_metrics_count_a_known_sequence_of_requests(observed: Service) -> None:
     # Rejected before a model was chosen: counted, with model "none".
     assert delta("vllm_requests_total", model="none", route=CHAT, status="400") == 1
     assert delta("vllm_requests_total", model="none", route=CHAT, status="404") == 1
-    completion = sum(u["completion_tokens"] for u in usages)
+    completion = sum(u["completion_tokens"] for u in generated)
     assert delta("vllm_tokens_generated_total", model=MODEL) == completion
+    from_cache = sum(u["completion_tokens"] for u in cached)
+    assert delta("vllm_cache_completion_tokens_total", model=MODEL) == from_cache
     assert delta("vllm_prompt_tokens_total", model=MODEL) == sum(u["prompt_tokens"] for u in usages)
-    assert delta("vllm_device_requests_total", device="cpu") == 4
+    assert delta("vllm_cache_lookups_total", model=MODEL, outcome="miss") == 1
+    assert delta("vllm_cache_lookups_total", model=MODEL, outcome="hit") == 2
+    assert delta("vllm_cache_lookups_total", model=MODEL, outcome="bypass") == 1
+    assert delta("vllm_cache_stores_total") == 1
+    assert value(after, "vllm_cache_entries") == 1
+    assert value(after, "vllm_cache_up") == 1
+    # Only the two generated requests ran on the device and waited in its queue.
+    assert delta("vllm_device_requests_total", device="cpu") == 2
     assert delta("vllm_time_to_first_token_seconds_count", model=MODEL) == 4
-    assert delta("vllm_request_queue_time_seconds_count", model=MODEL) == 4
-    # One inter-token gap per output token after the first.
-    gaps = sum(u["completion_tokens"] - 1 for u in usages)
+    assert delta("vllm_request_queue_time_seconds_count", model=MODEL) == 2
+    # One inter-token gap per generated output token after the first.
+    gaps = sum(u["completion_tokens"] - 1 for u in generated)
     assert delta("vllm_inter_token_latency_seconds_count", model=MODEL) == gaps
-    # The engine's own state is exported at scrape time.
+    # The engine's own state is exported at scrape time, and its deployment's breaker.
     assert value(after, "vllm_engine_up", model=MODEL) == 1
     assert value(after, "vllm_num_requests_running", model=MODEL) == 0
     assert value(after, "vllm_kv_cache_cells_total", model=MODEL) == 512 * 4
     assert value(after, "vllm_requests_in_flight", route=CHAT) == 0
+    assert value(after, "vllm_circuit_breaker_state", deployment=MODEL) == 0
+    assert delta("vllm_upstream_attempts_total", deployment=MODEL, outcome="success") == 2
 
 
 def test_request_id_is_echoed_or_made(observed: Service) -> None:
@@ -250,3 +270,25 @@ def test_prometheus_scrapes_the_service(observed: Service, tmp_path: Path) -> No
         prom.terminate()
         prom.wait(timeout=20)
         log.close()
+
+
+def test_observability_can_be_switched_off_to_measure_its_cost() -> None:
+    from fastapi.testclient import TestClient
+
+    from vllm_service.api.app import create_app
+    from vllm_service.config import load_settings
+
+    settings = load_settings(
+        None,
+        observability={"enabled": False},
+        models=[{"name": MODEL, "options": {"max_model_len": 256, "max_num_seqs": 1}}],
+    )
+    with TestClient(create_app(settings)) as client:
+        while client.get("/ready").status_code != 200:
+            time.sleep(0.1)
+        r = client.post(CHAT, json=chat_body())
+        assert r.status_code == 200
+        assert "x-request-id" not in r.headers
+        metrics = client.get("/metrics").text
+    assert "vllm_requests_total{" not in metrics
+    assert f'vllm_engine_up{{model="{MODEL}"}} 1.0' in metrics

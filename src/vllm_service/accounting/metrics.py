@@ -263,7 +263,7 @@ class Metrics:
             return
         if rec.status < 400 and latency <= self.latency_target:
             self.latency_target_met.labels(model).inc()
-        if rec.device is not None:
+        if rec.device is not None and rec.cache != "hit":
             self.device_requests.labels(rec.device).inc()
         self.prompt_tokens.labels(model).inc(rec.prompt_tokens)
         self.cached_prompt_tokens.labels(model).inc(rec.cached_tokens)

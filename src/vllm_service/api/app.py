@@ -50,7 +50,12 @@ def create_app(
     obs = settings.observability
     # Spans only: metrics are Prometheus', and the request log is ours. With tracing on,
     # FastAPI configures OTLP exporters from the standard OTEL_* environment variables.
-    otel: TelemetryConfig = {"metrics": False, "logs": False, "auto_configure": obs.tracing}
+    otel: TelemetryConfig = {
+        "metrics": False,
+        "logs": False,
+        "tracing": obs.enabled,
+        "auto_configure": obs.enabled and obs.tracing,
+    }
     otel.update(telemetry or {})
     app = FastAPI(
         title="vllm-service",
@@ -83,10 +88,12 @@ def create_app(
         slo=obs.slo,
         max_samples=obs.latency_samples_per_model,
     )
-    if obs.log_requests:
+    if obs.enabled and obs.log_requests:
         configure_request_log()
     app.state.metrics = metrics
     app.state.latency = latency
+    if not obs.enabled:
+        return app
     # Outermost of ours: it times everything, including the 413s of the body limit.
     app.add_middleware(
         Observe,
