@@ -40,6 +40,7 @@ def test_streaming_request_yields_the_span_tree() -> None:
                 "model": MODEL,
                 "messages": [{"role": "user", "content": "Say hi."}],
                 "max_tokens": 5,
+                "temperature": 0,
                 "stream": True,
             },
             headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
@@ -83,3 +84,13 @@ def test_streaming_request_yields_the_span_tree() -> None:
     assert prefill.end_time == decode.start_time
     assert generate.attributes is not None
     assert generate.attributes["vllm.model"] == MODEL
+    # The cache lookup (a miss) and the attempt on the deployment are spans of the request.
+    (cache,) = named("vllm.cache")
+    assert request_span in ancestors(cache)
+    assert cache.attributes is not None
+    assert cache.attributes["vllm.cache.outcome"] == "miss"
+    (attempt,) = named("vllm.attempt")
+    assert request_span in ancestors(attempt)
+    assert attempt.attributes is not None
+    assert attempt.attributes["vllm.deployment"] == MODEL
+    assert attempt.attributes["vllm.outcome"] == "success"

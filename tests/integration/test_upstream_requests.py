@@ -77,7 +77,8 @@ def test_request_fields_never_reroute_and_the_trace_goes_upstream(
 ) -> None:
     monkeypatch.setenv("RECORDER_KEY", "sk-configured")
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = load_settings(
         None,
         models=[
@@ -115,8 +116,14 @@ def test_request_fields_never_reroute_and_the_trace_goes_upstream(
     for field in ("api_base", "base_url", "headers", "extra_headers"):
         assert field not in seen["body"]
     assert "x-target" not in seen["headers"]
-    # The caller's trace continues upstream.
-    assert seen["headers"]["traceparent"].split("-")[1] == TRACE_ID
+    # The caller's trace continues upstream, as a child of the attempt's span.
+    _, trace_id, parent_id, _ = seen["headers"]["traceparent"].split("-")
+    assert trace_id == TRACE_ID
+    (attempt,) = [s for s in exporter.get_finished_spans() if s.name == "vllm.attempt"]
+    assert parent_id == format(attempt.context.span_id, "016x")
+    assert attempt.attributes is not None
+    assert attempt.attributes["vllm.deployment"] == "remote"
+    assert attempt.attributes["vllm.outcome"] == "success"
 
 
 @pytest.mark.parametrize("kind", ["garbage", "shape", "huge", "html500"])

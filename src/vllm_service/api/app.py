@@ -67,6 +67,7 @@ def create_app(
     provider = otel.get("tracer_provider") or trace.get_tracer_provider()
     tracer = provider.get_tracer(TRACER_NAME, __version__)
     app.state.tracer = tracer
+    manager.tracer = tracer
     app.state.manager = manager
     app.state.server_config = settings.server
     install_error_handlers(app)

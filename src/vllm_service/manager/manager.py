@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from vllm_service.config import ModelConfig, RetryConfig
 from vllm_service.engine import (
     Engine,
@@ -114,6 +116,8 @@ class ModelManager:
     ) -> None:
         self._clock = clock
         self.cache = cache
+        #: Spans of cache lookups and of attempts on deployments (the app sets its own).
+        self.tracer: trace.Tracer = trace.get_tracer("vllm_service")
         self._served: list[ServedModel] = []
         by_name: dict[str, ServedModel] = {}
         for entry in models:
@@ -240,12 +244,15 @@ class ModelManager:
         route.cache_key = lookup.key
         flight = None
         if control is CacheControl.USE:
-            found = await cache.get(lookup)
-            if found is None:
-                flight, shared = await cache.join(lookup, route.group or route)
-                if shared is not None:
-                    cache.count(lookup, served.config.name, "hit")
-                    found = shared, "hit"
+            with self.tracer.start_as_current_span("vllm.cache") as span:
+                found = await cache.get(lookup)
+                if found is None:
+                    flight, shared = await cache.join(lookup, route.group or route)
+                    if shared is not None:
+                        cache.count(lookup, served.config.name, "hit")
+                        found = shared, "hit"
+                span.set_attribute("vllm.cache.outcome", found[1] if found else "miss")
+                span.set_attribute("vllm.cache.waited", flight is None and found is not None)
             if found is not None:
                 answer, route.cache = found
                 route.deployment = CACHE_DEPLOYMENT
@@ -289,9 +296,9 @@ class ModelManager:
                 if isinstance(started, InvalidRequestError):
                     break  # the request itself is wrong: no other deployment will differ
                 continue
-            dep, permit, stream, first = started
+            dep, permit, stream, first, span = started
             route.deployment, route.fallback = dep.id, model is not served
-            inner = self._stream(dep, permit, stream, first)
+            inner = self._stream(dep, permit, stream, first, span)
             try:
                 async for delta in inner:
                     yield delta
@@ -316,7 +323,7 @@ class ModelManager:
 
     async def _first_delta(
         self, served: ServedModel, req: GenerationRequest, deadline: float, retry: RetryConfig
-    ) -> tuple[Deployment, Permit, AsyncIterator[TokenDelta], TokenDelta] | EngineError:
+    ) -> tuple[Deployment, Permit, AsyncIterator[TokenDelta], TokenDelta, trace.Span] | EngineError:
         """Try deployments until one yields its first delta; the error if none does."""
         tried: set[Deployment] = set()
         attempts = 0
@@ -335,16 +342,30 @@ class ModelManager:
                 await self._backoff(attempts, error, retry, deadline)
             attempts += 1
             dep.in_flight += 1
+            # One span per attempt; current while the engine starts, so that an upstream
+            # receives it as the parent in traceparent.
+            span = self.tracer.start_span(
+                "vllm.attempt",
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "vllm.deployment": dep.id,
+                    "vllm.engine": dep.config.engine,
+                    "vllm.attempt": attempts,
+                },
+            )
             stream = dep.engine.generate(req)
             try:
-                async with asyncio.timeout(max(0.0, deadline - self._clock())):
-                    first = await anext(stream)
+                with trace.use_span(span, end_on_exit=False):
+                    async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                        first = await anext(stream)
             except BaseException as exc:
                 dep.in_flight -= 1
                 with contextlib.suppress(Exception):
                     await stream.aclose()  # type: ignore[attr-defined]
                 outcome = self._settle(permit, exc)
                 dep.outcomes[outcome] += 1
+                span.set_attribute("vllm.outcome", outcome)
+                span.end()
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 if isinstance(exc, TimeoutError):
@@ -357,7 +378,7 @@ class ModelManager:
                 if isinstance(exc, InvalidRequestError):
                     return exc
                 continue
-            return dep, permit, stream, first
+            return dep, permit, stream, first, span
         return error or EngineUnavailableError(
             f"no deployment of {served.config.name!r} is available", retry_after=1.0
         )
@@ -393,20 +414,24 @@ class ModelManager:
         permit: Permit,
         stream: AsyncIterator[TokenDelta],
         first: TokenDelta,
+        span: trace.Span,
     ) -> AsyncGenerator[TokenDelta]:
         """Hand on a started answer; a failure from here on ends it (never retried)."""
+        outcome = "success"
         try:
             yield first
             if first.finish_reason is None:
                 async for delta in stream:
                     yield delta
         except BaseException as exc:
-            dep.outcomes[self._settle(permit, exc)] += 1
+            outcome = self._settle(permit, exc)
             raise
         else:
             permit.success()
-            dep.outcomes["success"] += 1
         finally:
+            dep.outcomes[outcome] += 1
+            span.set_attribute("vllm.outcome", outcome)
+            span.end()
             dep.in_flight -= 1
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
