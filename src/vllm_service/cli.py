@@ -152,3 +152,12 @@ class _DrainingServer(uvicorn.Server):
                 timer.start()
                 return
         super().handle_exit(sig, frame)
+
+
+def _bench_command() -> None:
+    from vllm_service.bench.command import bench
+
+    app.command("bench")(bench)
+
+
+_bench_command()

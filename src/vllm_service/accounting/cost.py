@@ -1,0 +1,79 @@
+"""The cost model: what serving tokens on your own hardware costs, next to a hosted API's price.
+
+Hardware costs money by the hour, either rented (``hourly``) or owned: its purchase price spread
+over ``amortize_months`` plus the power it draws. Tokens cost that hour divided by the tokens it
+serves at the measured throughput, which assumes the hardware is kept busy at that rate.
+A hosted API charges per token, input and output priced apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HOURS_PER_MONTH = 730.0
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareCost:
+    """What one machine (or GPU node) costs to run."""
+
+    #: Rented: the price of one hour. Owned: leave at 0 and give the purchase price instead.
+    hourly: float = 0.0
+    purchase_price: float = 0.0
+    amortize_months: float = 36.0
+    power_watts: float = 0.0
+    kwh_price: float = 0.15
+
+    @property
+    def per_hour(self) -> float:
+        owned = self.purchase_price / (self.amortize_months * HOURS_PER_MONTH)
+        power = self.power_watts / 1000.0 * self.kwh_price
+        return self.hourly + owned + power
+
+
+@dataclass(frozen=True, slots=True)
+class HostedPrice:
+    """A hosted API's list price, in dollars per million tokens."""
+
+    name: str = "gpt-4o-mini"
+    input_per_million: float = 0.15
+    output_per_million: float = 0.60
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million
+        ) / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class CostComparison:
+    """Dollars per 1K tokens (prompt + completion) served, here and at the hosted API."""
+
+    local_per_1k: float
+    hosted_per_1k: float
+    hardware_per_hour: float
+
+    @property
+    def savings_ratio(self) -> float | None:
+        """Hosted price over local cost: 10 means self-hosting is ten times cheaper."""
+        return self.hosted_per_1k / self.local_per_1k if self.local_per_1k > 0 else None
+
+
+def compare_costs(
+    hardware: HardwareCost,
+    hosted: HostedPrice,
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    seconds: float,
+) -> CostComparison | None:
+    """Cost per 1K tokens of a measured run (its tokens over its wall time); None if empty."""
+    tokens = prompt_tokens + completion_tokens
+    if tokens == 0 or seconds <= 0:
+        return None
+    local = hardware.per_hour * seconds / 3600.0
+    return CostComparison(
+        local_per_1k=local / tokens * 1000.0,
+        hosted_per_1k=hosted.cost(prompt_tokens, completion_tokens) / tokens * 1000.0,
+        hardware_per_hour=hardware.per_hour,
+    )

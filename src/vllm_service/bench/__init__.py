@@ -1,0 +1,1 @@
+"""The benchmark suite: load generation, measures, reports (``vllm-service bench``)."""

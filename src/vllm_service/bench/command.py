@@ -1,0 +1,227 @@
+"""``vllm-service bench``: measure one or more OpenAI-compatible endpoints side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vllm_service.accounting.cost import HardwareCost, HostedPrice, compare_costs
+from vllm_service.bench.loadgen import Endpoint, LoadGenerator, RequestSample, RunResult
+from vllm_service.bench.measures import SLO, summarize
+from vllm_service.bench.report import metadata, print_summary, write_json, write_plots
+from vllm_service.bench.workloads import Length, Workload
+
+
+def _numbers(text: str, kind: type[int] | type[float]) -> list[Any]:
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise typer.BadParameter(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def parse_endpoints(urls: list[str], models: list[str], api_key: str, chat: bool) -> list[Endpoint]:
+    """``[NAME=]URL`` each; one model for all, or one per endpoint."""
+    if len(models) not in (1, len(urls)):
+        raise typer.BadParameter("give one --model, or one per --endpoint")
+    endpoints = []
+    for i, spec in enumerate(urls):
+        name, sep, url = spec.partition("=")
+        if not sep:
+            name, url = spec.split("://", 1)[-1].rstrip("/"), spec
+        url = url.rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise typer.BadParameter(f"endpoint {spec!r}: the URL must start with http(s)://")
+        if not url.endswith("/v1"):
+            url += "/v1"
+        model = models[i] if len(models) > 1 else models[0]
+        endpoints.append(Endpoint(name, url, model, api_key, chat))
+    if len({e.name for e in endpoints}) != len(endpoints):
+        raise typer.BadParameter("endpoint names must differ (use NAME=URL)")
+    return endpoints
+
+
+def bench(
+    endpoint: Annotated[
+        list[str],
+        typer.Option(help="[NAME=]URL of an OpenAI-compatible API; repeat to compare."),
+    ] = ["http://127.0.0.1:8090/v1"],  # noqa: B006 (typer reads the default)
+    model: Annotated[
+        list[str], typer.Option(help="Model name to request; one, or one per endpoint.")
+    ] = ["smollm2-135m-instruct"],  # noqa: B006
+    api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", help="Bearer key.")] = "unused",
+    completions: Annotated[bool, typer.Option(help="Use /v1/completions, not chat.")] = False,
+    concurrency: Annotated[
+        str, typer.Option(help="Closed loop: comma-separated concurrencies to sweep.")
+    ] = "1",
+    rate: Annotated[
+        str | None, typer.Option(help="Open loop: comma-separated request rates (req/s).")
+    ] = None,
+    arrivals: Annotated[str, typer.Option(help="Open loop arrivals: poisson or constant.")] = (
+        "poisson"
+    ),
+    requests: Annotated[
+        int | None, typer.Option(min=1, help="Requests per load point and endpoint.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0.1, help="Seconds per load point (instead of requests).")
+    ] = None,
+    warmup: Annotated[int, typer.Option(min=0, help="Unmeasured requests first.")] = 2,
+    workload: Annotated[str, typer.Option(help="synthetic, jsonl or sharegpt.")] = "synthetic",
+    dataset: Annotated[Path | None, typer.Option(help="The jsonl / sharegpt file.")] = None,
+    input_len: Annotated[int, typer.Option(min=1, help="Synthetic prompt length (words).")] = 128,
+    output_len: Annotated[int, typer.Option(min=1, help="max_tokens of each request.")] = 128,
+    len_spread: Annotated[
+        float, typer.Option(min=0, max=1, help="Lengths vary uniformly by ± this share.")
+    ] = 0.0,
+    repeat_share: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of requests repeating an earlier one.")
+    ] = 0.0,
+    ignore_eos: Annotated[
+        bool, typer.Option(help="Send ignore_eos: exactly max_tokens tokens (vLLM, llama.cpp).")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Same seed, same requests.")] = 0,
+    slo_ttft_ms: Annotated[float | None, typer.Option(help="Goodput: TTFT objective.")] = None,
+    slo_tpot_ms: Annotated[float | None, typer.Option(help="Goodput: TPOT objective.")] = None,
+    slo_e2e_ms: Annotated[float | None, typer.Option(help="Goodput: E2E objective.")] = None,
+    hourly_cost: Annotated[float, typer.Option(help="Hardware rent, $/hour.")] = 0.0,
+    hardware_price: Annotated[float, typer.Option(help="Hardware purchase price, $.")] = 0.0,
+    amortize_months: Annotated[float, typer.Option(min=1, help="Months to amortize over.")] = 36,
+    power_watts: Annotated[float, typer.Option(min=0, help="Power drawn under load.")] = 0.0,
+    kwh_price: Annotated[float, typer.Option(min=0, help="Electricity, $/kWh.")] = 0.15,
+    hosted_name: Annotated[str, typer.Option(help="The hosted API priced against.")] = (
+        "gpt-4o-mini"
+    ),
+    hosted_input_price: Annotated[float, typer.Option(help="$ per 1M input tokens.")] = 0.15,
+    hosted_output_price: Annotated[float, typer.Option(help="$ per 1M output tokens.")] = 0.60,
+    output_dir: Annotated[Path, typer.Option(help="Where the JSON and the plots go.")] = Path(
+        "bench-results"
+    ),
+    plots: Annotated[bool, typer.Option(help="Write PNG plots (needs matplotlib).")] = True,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds one request may take.")] = 600,
+) -> None:
+    """Load-test OpenAI-compatible endpoints: latency, throughput, goodput and cost per token."""
+    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
+    args.pop("api_key", None)
+    if arrivals not in ("poisson", "constant"):
+        raise typer.BadParameter("--arrivals must be poisson or constant")
+    if workload not in ("synthetic", "jsonl", "sharegpt"):
+        raise typer.BadParameter("--workload must be synthetic, jsonl or sharegpt")
+    if requests is None and duration is None:
+        requests = 20
+    endpoints = parse_endpoints(endpoint, model, api_key, chat=not completions)
+    loads: list[tuple[int | None, float | None]] = (
+        [(None, r) for r in _numbers(rate, float)]
+        if rate is not None
+        else [(c, None) for c in _numbers(concurrency, int)]
+    )
+    spread = len_spread
+
+    def make_workload(offset: int) -> Workload:
+        return Workload(
+            name=workload,
+            seed=seed + offset,
+            chat=not completions,
+            input_len=Length(input_len, spread),
+            output_len=Length(output_len, spread),
+            path=dataset,
+            repeat_share=repeat_share,
+        )
+
+    try:
+        next(make_workload(0).requests())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    slo = SLO(slo_ttft_ms, slo_tpot_ms, slo_e2e_ms)
+    hardware = HardwareCost(hourly_cost, hardware_price, amortize_months, power_watts, kwh_price)
+    hosted = HostedPrice(hosted_name, hosted_input_price, hosted_output_price)
+    console = Console()
+    points: list[dict[str, Any]] = []
+    all_samples: list[list[RequestSample]] = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        for ep in endpoints:
+            warm = LoadGenerator(ep, make_workload(10_000).requests(), ignore_eos=ignore_eos)
+            asyncio.run(warm.warm_up(warmup, max(c or 1 for c, _ in loads)))
+        for index, (conc, rps) in enumerate(loads):
+            # Interleaved: every endpoint at this load before the next load, same requests.
+            for ep in endpoints:
+                label = f"{ep.name} " + (f"rate {rps:g}/s" if rps else f"concurrency {conc}")
+                task = progress.add_task(label, total=requests)
+
+                def done(_: RequestSample, task: Any = task) -> None:
+                    progress.advance(task)
+
+                gen = LoadGenerator(
+                    ep,
+                    make_workload(index).requests(),
+                    ignore_eos=ignore_eos,
+                    timeout=timeout,
+                    on_done=done,
+                )
+                result: RunResult
+                if rps is not None:
+                    result = asyncio.run(
+                        gen.open_loop(
+                            rps,
+                            requests=requests,
+                            duration=duration,
+                            arrivals=arrivals,  # type: ignore[arg-type]
+                            seed=seed + index,
+                        )
+                    )
+                else:
+                    assert conc is not None
+                    result = asyncio.run(
+                        gen.closed_loop(conc, requests=requests, duration=duration)
+                    )
+                summary = summarize(result.samples, result.duration, slo)
+                cost = compare_costs(
+                    hardware,
+                    hosted,
+                    prompt_tokens=summary["prompt_tokens"],
+                    completion_tokens=summary["output_tokens"],
+                    seconds=result.duration,
+                )
+                if cost is not None and hardware.per_hour > 0:
+                    summary["cost"] = {**asdict(cost), "hosted": hosted.name}
+                points.append(
+                    {
+                        "endpoint": ep.name,
+                        "url": ep.base_url,
+                        "model": ep.model,
+                        "concurrency": conc,
+                        "rate": rps,
+                        "summary": summary,
+                    }
+                )
+                all_samples.append(result.samples)
+    print_summary(points, [e.name for e in endpoints], console)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    result_path = output_dir / f"bench-{stamp}.json"
+    meta = metadata(args)
+    meta["endpoints"] = [{"name": e.name, "url": e.base_url, "model": e.model} for e in endpoints]
+    meta["started"] = stamp
+    meta["pid"] = os.getpid()
+    write_json(result_path, meta, points, all_samples)
+    console.print(f"results: {result_path}")
+    if plots:
+        for path in write_plots(output_dir, points, all_samples):
+            console.print(f"plot: {path}")
