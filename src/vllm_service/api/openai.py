@@ -45,6 +45,7 @@ from vllm_service.api.protocol import (
     TopLogprobOut,
     UsageInfo,
 )
+from vllm_service.api.timing import ServerTiming, wants_timing
 from vllm_service.config import ServerConfig
 from vllm_service.engine import EngineError, GenerationRequest, SamplingParams, TokenDelta
 from vllm_service.engine.base import ChatMessage, TokenLogprob
@@ -172,8 +173,9 @@ async def _start(
     requests: list[GenerationRequest],
     *,
     stream: bool,
-) -> tuple[ChoiceStreams, dict[str, str]]:
-    """Start every choice; returns the streams and the routing headers of the response."""
+) -> tuple[ChoiceStreams, dict[str, str], ServerTiming | None]:
+    """Start every choice; returns the streams, the routing headers of the response, and the
+    collector of its Server-Timing value when the client asked for one."""
     # An engine refusal raised here becomes an OpenAI error body in the app's EngineError
     # handler, before any byte of the response is sent.
     rec = record_of(request)
@@ -182,10 +184,20 @@ async def _start(
     control = CacheControl.from_header(request.headers.get("cache-control"))
     group = object()
     routes = [Route(group=group) for _ in requests]
+    timing = None
+    if wants_timing(request):
+        timing = ServerTiming(routes, rec.started if rec is not None else time.monotonic())
+
+    def on_final(delta: TokenDelta) -> None:
+        if rec is not None:
+            rec.add_final(delta)
+        if timing is not None:
+            timing.add_final(delta)
+
     pairs = zip(requests, routes, strict=True)
     streams = ChoiceStreams(
         [manager.generate(served, r, route, control) for r, route in pairs],
-        on_final=rec.add_final if rec is not None else None,
+        on_final=on_final if rec is not None or timing is not None else None,
     )
     await until_disconnected(request, streams.prime())
     headers = _route_headers(routes)
@@ -195,7 +207,12 @@ async def _start(
         rec.deployment = headers.get(DEPLOYMENT_HEADER)
         rec.fallback = headers.get(FALLBACK_HEADER) == "true"
         rec.cache = headers[CACHE_HEADER]
-    return streams, headers
+    return streams, headers, timing
+
+
+def _timing_comment(timing: ServerTiming | None) -> list[bytes]:
+    """The stream's Server-Timing, as an SSE comment that SSE clients ignore."""
+    return [f": server-timing {timing.value()}\n\n".encode()] if timing is not None else []
 
 
 def _usage(prompt_tokens: int, completion_tokens: int, cached: int) -> UsageInfo:
@@ -349,15 +366,19 @@ async def create_chat_completion(
         )
         for i in range(body.n)
     ]
-    streams, route_headers = await _start(request, manager, served, requests, stream=body.stream)
+    streams, route_headers, timing = await _start(
+        request, manager, served, requests, stream=body.stream
+    )
     created = int(time.time())
     if body.stream:
         return EventSourceResponse(
-            _chat_stream(body, streams, request_id, created),
+            _chat_stream(body, streams, request_id, created, timing),
             headers={**SSE_HEADERS, **route_headers},
         )
     response.headers.update(route_headers)
     texts, lps, finals = await until_disconnected(request, _collect(streams, [""] * body.n))
+    if timing is not None:
+        response.headers["Server-Timing"] = timing.value()
     choices = []
     prompt_tokens = completion_tokens = cached = 0
     for i, final in enumerate(finals):
@@ -385,7 +406,11 @@ async def create_chat_completion(
 
 
 async def _chat_stream(
-    body: ChatCompletionRequest, streams: ChoiceStreams, request_id: str, created: int
+    body: ChatCompletionRequest,
+    streams: ChoiceStreams,
+    request_id: str,
+    created: int,
+    timing: ServerTiming | None,
 ) -> AsyncIterator[bytes]:
     include_usage = body.include_usage
 
@@ -437,6 +462,8 @@ async def _chat_stream(
         return
     if include_usage:
         yield chunk([], _usage(prompt_tokens, completion_tokens, cached))
+    for comment in _timing_comment(timing):
+        yield comment
     yield _sse("[DONE]")
 
 
@@ -499,16 +526,20 @@ async def create_completion(
                     ),
                 )
             )
-    streams, route_headers = await _start(request, manager, served, requests, stream=body.stream)
+    streams, route_headers, timing = await _start(
+        request, manager, served, requests, stream=body.stream
+    )
     created = int(time.time())
     echo = [str(prompts[k // body.n]) if body.echo else "" for k in range(len(requests))]
     if body.stream:
         return EventSourceResponse(
-            _completion_stream(body, streams, request_id, created, echo, body.n),
+            _completion_stream(body, streams, request_id, created, echo, body.n, timing),
             headers={**SSE_HEADERS, **route_headers},
         )
     response.headers.update(route_headers)
     texts, lps, finals = await until_disconnected(request, _collect(streams, list(echo)))
+    if timing is not None:
+        response.headers["Server-Timing"] = timing.value()
     choices = []
     prompt_tokens = completion_tokens = 0
     for k, final in enumerate(finals):
@@ -546,6 +577,7 @@ async def _completion_stream(
     created: int,
     echo: list[str],
     n: int,
+    timing: ServerTiming | None,
 ) -> AsyncIterator[bytes]:
     include_usage = body.include_usage
     offsets = [len(e) for e in echo]
@@ -582,4 +614,6 @@ async def _completion_stream(
         return
     if include_usage:
         yield chunk([], _usage(prompt_tokens, completion_tokens, 0))
+    for comment in _timing_comment(timing):
+        yield comment
     yield _sse("[DONE]")

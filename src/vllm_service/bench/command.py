@@ -56,8 +56,13 @@ def bench(
         list[str],
         typer.Option(help="[NAME=]URL of an OpenAI-compatible API; repeat to compare."),
     ] = ["http://127.0.0.1:8090/v1"],  # noqa: B006 (typer reads the default)
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(help="[NAME=]URL of another endpoint measured side by side; repeatable."),
+    ] = None,
     model: Annotated[
-        list[str], typer.Option(help="Model name to request; one, or one per endpoint.")
+        list[str],
+        typer.Option(help="Model name to request; one, or one per endpoint (--endpoint first)."),
     ] = ["smollm2-135m-instruct"],  # noqa: B006
     api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", help="Bearer key.")] = "unused",
     completions: Annotated[bool, typer.Option(help="Use /v1/completions, not chat.")] = False,
@@ -119,7 +124,7 @@ def bench(
         raise typer.BadParameter("--workload must be synthetic, jsonl or sharegpt")
     if requests is None and duration is None:
         requests = 20
-    endpoints = parse_endpoints(endpoint, model, api_key, chat=not completions)
+    endpoints = parse_endpoints([*endpoint, *(compare or [])], model, api_key, chat=not completions)
     loads: list[tuple[int | None, float | None]] = (
         [(None, r) for r in _numbers(rate, float)]
         if rate is not None

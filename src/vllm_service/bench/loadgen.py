@@ -134,8 +134,8 @@ async def send(
                 if "error" in chunk:
                     sample.error = "stream_error"
                     return sample
-                now = clock()
                 if _chunk_text(chunk):
+                    now = clock()
                     chunks += 1
                     if last is None:
                         sample.ttft = now - sample.start

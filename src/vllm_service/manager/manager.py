@@ -75,6 +75,10 @@ class Route:
     cache_key: str | None = None
     #: The choices of one request share a group: they never wait for each other's answer.
     group: object = None
+    #: Seconds spent looking the answer up in the cache (and waiting for an identical one).
+    cache_seconds: float = 0.0
+    #: The engine kind of the deployment that served it (llamacpp, upstream, process).
+    engine: str | None = None
 
 
 @dataclass(eq=False)
@@ -244,6 +248,7 @@ class ModelManager:
         route.cache_key = lookup.key
         flight = None
         if control is CacheControl.USE:
+            looked_up = time.perf_counter()
             with self.tracer.start_as_current_span("vllm.cache") as span:
                 found = await cache.get(lookup)
                 if found is None:
@@ -253,6 +258,7 @@ class ModelManager:
                         found = shared, "hit"
                 span.set_attribute("vllm.cache.outcome", found[1] if found else "miss")
                 span.set_attribute("vllm.cache.waited", flight is None and found is not None)
+            route.cache_seconds = time.perf_counter() - looked_up
             if found is not None:
                 answer, route.cache = found
                 route.deployment = CACHE_DEPLOYMENT
@@ -298,6 +304,7 @@ class ModelManager:
                 continue
             dep, permit, stream, first, span = started
             route.deployment, route.fallback = dep.id, model is not served
+            route.engine = dep.config.engine
             inner = self._stream(dep, permit, stream, first, span)
             try:
                 async for delta in inner:
