@@ -34,6 +34,11 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
              [("sum(rate(vllm_latency_target_met_total[1h])) / "
                "sum(rate(vllm_requests_total{status=~\"2..\",model!=\"none\"}[1h]))", "share")],
              "percentunit"),
+            ("Cost savings since start (all replicas)", "stat",
+             [("sum(vllm_cost_savings_usd)", "$")], "currencyUSD"),
+            ("Hosted-API price of the tokens answered, per hour", "timeseries",
+             [("sum(rate(vllm_hosted_equivalent_cost_usd_total[1h])) * 3600", "hosted price"),
+              ("sum(vllm_hardware_cost_usd_per_hour)", "hardware")], "currencyUSD"),
             ("Answers from the response cache", "stat",
              [("sum(rate(vllm_cache_lookups_total{outcome=~\".*hit\"}[1h])) / "
                "sum(rate(vllm_cache_lookups_total[1h]))", "share")], "percentunit"),

@@ -421,6 +421,31 @@ class CacheConfig(_Strict):
     semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
 
 
+class HostedPriceConfig(_Strict):
+    """The hosted API this service replaces, at its list price."""
+
+    name: str = Field(default="gpt-4o-mini", description="Shown in metrics and reports.")
+    input_per_million: float = Field(default=0.15, ge=0, description="$ per 1M prompt tokens.")
+    output_per_million: float = Field(default=0.60, ge=0, description="$ per 1M completion tokens.")
+
+
+class HardwareCostConfig(_Strict):
+    """What the machine running this process costs: rented by the hour, or owned."""
+
+    hourly: float = Field(default=0.0, ge=0, description="Rent, $ per hour.")
+    purchase_price: float = Field(default=0.0, ge=0, description="Owned: purchase price, $.")
+    amortize_months: float = Field(default=36.0, gt=0, description="Months to spread it over.")
+    power_watts: float = Field(default=0.0, ge=0, description="Power drawn under load.")
+    kwh_price: float = Field(default=0.15, ge=0, description="Electricity, $ per kWh.")
+
+
+class CostConfig(_Strict):
+    """Prices for the savings metrics: the hosted API's and this hardware's."""
+
+    hosted: HostedPriceConfig = Field(default_factory=HostedPriceConfig)
+    hardware: HardwareCostConfig = Field(default_factory=HardwareCostConfig)
+
+
 class Settings(BaseSettings):
     """The whole configuration of one service process."""
 
@@ -433,6 +458,7 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
 
     @field_validator("models")

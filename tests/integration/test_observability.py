@@ -153,6 +153,11 @@ def test_metrics_count_a_known_sequence_of_requests(observed: Service) -> None:
     assert value(after, "vllm_requests_in_flight", route=CHAT) == 0
     assert value(after, "vllm_circuit_breaker_state", deployment=MODEL) == 0
     assert delta("vllm_upstream_attempts_total", deployment=MODEL, outcome="success") == 2
+    # Every answered token, cached or not, is priced at the hosted API's list price.
+    hosted = sum(u["prompt_tokens"] * 0.15 + u["completion_tokens"] * 0.60 for u in usages) / 1e6
+    assert delta("vllm_hosted_equivalent_cost_usd_total", model=MODEL) == pytest.approx(hosted)
+    assert value(after, "vllm_hardware_cost_usd_per_hour") == 0
+    assert value(after, "vllm_cost_savings_usd") >= hosted
 
 
 def test_request_id_is_echoed_or_made(observed: Service) -> None:

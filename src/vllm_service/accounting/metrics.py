@@ -6,12 +6,14 @@ table (anything else is "other"), statuses are HTTP codes. No request ids or use
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from vllm_service.accounting.cost import HardwareCost, HostedPrice
 from vllm_service.accounting.request_log import RequestRecord
 from vllm_service.engine.base import EngineHealth
 from vllm_service.manager.cache import ResponseCache
@@ -171,8 +173,20 @@ class _CacheCollector(Collector):
 class Metrics:
     """The service's metrics in their own registry (one per app, so tests can build many)."""
 
-    def __init__(self, *, latency_target: float, cache: ResponseCache | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        latency_target: float,
+        cache: ResponseCache | None = None,
+        hosted: HostedPrice | None = None,
+        hardware: HardwareCost | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.latency_target = latency_target
+        self.hosted = hosted or HostedPrice()
+        self.hardware = hardware or HardwareCost()
+        self._started = clock()
+        self._clock = clock
         self.registry = CollectorRegistry()
         r = self.registry
         labels = ["model", "route", "status"]
@@ -245,10 +259,38 @@ class Metrics:
         self.in_flight = Gauge(
             "vllm_requests_in_flight", "Requests being served now.", ["route"], registry=r
         )
+        self.hosted_cost = Counter(
+            "vllm_hosted_equivalent_cost_usd",
+            "What the hosted API would have charged for the tokens answered (list price).",
+            ["model"],
+            registry=r,
+        )
+        Gauge(
+            "vllm_hardware_cost_usd_per_hour",
+            "What the hardware of this process costs per hour (cost.hardware).",
+            registry=r,
+        ).set(self.hardware.per_hour)
+        Gauge(
+            "vllm_cost_savings_usd",
+            "Since this process started: the hosted API's price for the tokens answered, "
+            "minus the hardware's cost over the time (negative while traffic is too low).",
+            registry=r,
+        ).set_function(self.savings)
         self._engines = _EngineCollector()
         r.register(self._engines)
         if cache is not None:
             r.register(_CacheCollector(cache))
+
+    def savings(self) -> float:
+        """Hosted-equivalent cost of what was answered, minus the hardware's cost so far."""
+        hosted = sum(
+            sample.value
+            for metric in self.hosted_cost.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
+        hours = (self._clock() - self._started) / 3600.0
+        return hosted - self.hardware.per_hour * hours
 
     def refresh_engines(self, snapshot: Mapping[str, EngineHealth]) -> None:
         self._engines.snapshot = snapshot
@@ -265,6 +307,10 @@ class Metrics:
             self.latency_target_met.labels(model).inc()
         if rec.device is not None and rec.cache != "hit":
             self.device_requests.labels(rec.device).inc()
+        if rec.status < 400:
+            self.hosted_cost.labels(model).inc(
+                self.hosted.cost(rec.prompt_tokens, rec.completion_tokens)
+            )
         self.prompt_tokens.labels(model).inc(rec.prompt_tokens)
         self.cached_prompt_tokens.labels(model).inc(rec.cached_tokens)
         if rec.cache == "hit":

@@ -13,6 +13,7 @@ from opentelemetry import trace
 from starlette.middleware.cors import CORSMiddleware
 
 from vllm_service import __version__
+from vllm_service.accounting.cost import HardwareCost, HostedPrice
 from vllm_service.accounting.latency import LatencyWindow
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import configure_request_log
@@ -81,7 +82,15 @@ def create_app(
             allow_headers=["*"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_request_body_bytes)
-    metrics = Metrics(latency_target=obs.latency_target_ms / 1e3, cache=cache)
+    prices = settings.cost
+    metrics = Metrics(
+        latency_target=obs.latency_target_ms / 1e3,
+        cache=cache,
+        hosted=HostedPrice(
+            prices.hosted.name, prices.hosted.input_per_million, prices.hosted.output_per_million
+        ),
+        hardware=HardwareCost(**prices.hardware.model_dump()),
+    )
     latency = LatencyWindow(
         window_seconds=obs.latency_window_seconds,
         latency_target=obs.latency_target_ms / 1e3,
