@@ -16,26 +16,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
-import uvicorn
-import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_basics import free_port
+from serve_basics import free_port, serve_in_thread
+from upstream_overhead import start
 
 MODEL = "smollm2-135m-instruct"
 SUBJECTS = ["the sea", "a mountain", "bread", "the moon", "a violin", "winter", "a library"]
@@ -54,45 +49,9 @@ class Receiver:
         self.exports += 1
         return Response(b"", media_type="application/x-protobuf")
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        import threading
 
-        app = Starlette(routes=[Route("/v1/traces", self.traces, methods=["POST"])])
-        server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="critical"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        try:
-            yield
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
-
-
-def start(
-    name: str, observability: dict[str, object], workdir: Path, env: dict[str, str]
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    config = {"cache": {"enabled": False}, "observability": observability}
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        ["vllm-service", "serve", "--port", str(port), "--config", str(path)],
-        stdout=(workdir / f"{name}.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **env},
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx2.get(f"{url}/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{name} did not start")
+def service_config(observability: dict[str, object]) -> dict[str, object]:
+    return {"cache": {"enabled": False}, "observability": observability}
 
 
 async def wave(url: str, concurrency: int, max_tokens: int, offset: int) -> list[float]:
@@ -128,12 +87,13 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="observability-bench-"))
     receiver = Receiver()
-    with receiver.running():
-        off, off_url = start("off", {"enabled": False}, workdir, {})
+    app = Starlette(routes=[Route("/v1/traces", receiver.traces, methods=["POST"])])
+    with serve_in_thread(app, receiver.port):
+        off, off_url = start(service_config({"enabled": False}), workdir, "off")
         on, on_url = start(
-            "on",
-            {"enabled": True, "log_requests": True, "tracing": True},
+            service_config({"enabled": True, "log_requests": True, "tracing": True}),
             workdir,
+            "on",
             {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
                 "OTEL_SERVICE_NAME": "vllm-service",

@@ -15,6 +15,7 @@ backend answers from its response cache, isolating the time the front itself add
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -32,8 +33,9 @@ MODEL = "smollm2-135m-instruct"
 
 
 def start(
-    config: dict[str, object], workdir: Path, name: str
+    config: dict[str, object], workdir: Path, name: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """A `vllm-service serve` on a free port with this config, once /ready answers 200."""
     port = free_port()
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -42,6 +44,7 @@ def start(
         ["vllm-service", "serve", "--port", str(port), "--config", str(path)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

@@ -116,12 +116,17 @@ def redis_pair(
     second.stop()
 
 
-def chat(client: openai.OpenAI, **extra: Any) -> tuple[str, Any]:
-    """(x-cache header, parsed completion) of a greedy chat request."""
+def raw_chat(client: openai.OpenAI, **extra: Any) -> Any:
+    """The raw response (headers and all) of a greedy chat request."""
     args: dict[str, Any] = {"model": MODEL, "messages": QUESTION, "max_tokens": 16}
     args["temperature"] = 0
     args.update(extra)
-    raw = client.chat.completions.with_raw_response.create(**args)
+    return client.chat.completions.with_raw_response.create(**args)
+
+
+def chat(client: openai.OpenAI, **extra: Any) -> tuple[str, Any]:
+    """(x-cache header, parsed completion) of a greedy chat request."""
+    raw = raw_chat(client, **extra)
     return raw.headers["x-cache"], raw.parse()
 
 
@@ -209,21 +214,9 @@ def test_no_cache_refreshes_no_store_bypasses_and_a_key_can_be_purged(cached: Se
     purge(cached)
     client = cached.client()
     chat(client)
-    refreshed = client.chat.completions.with_raw_response.create(
-        model=MODEL,
-        messages=QUESTION,  # type: ignore[arg-type]
-        max_tokens=16,
-        temperature=0,
-        extra_headers={"Cache-Control": "no-cache"},
-    )
+    refreshed = raw_chat(client, extra_headers={"Cache-Control": "no-cache"})
     assert refreshed.headers["x-cache"] == "miss"
-    bypassed = client.chat.completions.with_raw_response.create(
-        model=MODEL,
-        messages=QUESTION,  # type: ignore[arg-type]
-        max_tokens=16,
-        temperature=0,
-        extra_headers={"Cache-Control": "no-store"},
-    )
+    bypassed = raw_chat(client, extra_headers={"Cache-Control": "no-store"})
     assert bypassed.headers["x-cache"] == "bypass"
     key = refreshed.headers["x-cache-key"]
     assert chat(client)[0] == "hit"
