@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--waves", type=int, default=2, help="waves per service per round")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--no-tracing", action="store_true", help="observe with metrics and logs only"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="observability-bench-"))
     receiver = Receiver()
@@ -91,7 +94,7 @@ def main() -> None:
     with serve_in_thread(app, receiver.port):
         off, off_url = start(service_config({"enabled": False}), workdir, "off")
         on, on_url = start(
-            service_config({"enabled": True, "log_requests": True, "tracing": True}),
+            service_config({"enabled": True, "log_requests": True, "tracing": not args.no_tracing}),
             workdir,
             "on",
             {

@@ -55,6 +55,9 @@ def create_app(
         "metrics": False,
         "logs": False,
         "tracing": obs.enabled,
+        # Spans of FastAPI's own steps (dependencies, endpoint, serialization) are not ours
+        # to show: the request span and the vllm.* spans say where a request's time went.
+        "operation_spans": False,
         "auto_configure": obs.enabled and obs.tracing,
     }
     otel.update(telemetry or {})
