@@ -179,3 +179,20 @@ def test_a_failed_leader_is_not_shared_and_a_waiter_generates_on_its_own() -> No
     assert failed == (None, None)
     assert shared == (None, CachedAnswer("x", FinishReason.STOP, Usage(1, 1)))
     assert cache.single_flight_waits == 2
+
+
+def test_a_flight_whose_leader_vanished_is_taken_over_after_the_timeout() -> None:
+    clock = Clock()
+    cache = ResponseCache(CacheConfig(single_flight_timeout=5), clock=clock)
+    lookup = cache.plan(ModelConfig(name="m"), request(temperature=0.0))
+    assert lookup is not None
+
+    async def scenario() -> tuple[object, object]:
+        abandoned, _ = await cache.join(lookup, object())  # never finished
+        clock.now += 6
+        return abandoned, (await cache.join(lookup, object()))[0]
+
+    abandoned, taken_over = run(scenario())  # type: ignore[misc]
+    assert abandoned is not None
+    assert taken_over is not None
+    assert taken_over is not abandoned

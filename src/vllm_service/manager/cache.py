@@ -163,10 +163,11 @@ def _digest(parts: object) -> str:
 class Flight:
     """A sequence being generated that identical requests may wait for."""
 
-    def __init__(self, owner: object) -> None:
+    def __init__(self, owner: object, started: float) -> None:
         #: The HTTP request generating it: its other choices must not wait for it (they are
         #: not read until every choice has started).
         self.owner = owner
+        self.started = started
         self.done: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
         self.waiters = 0
 
@@ -183,6 +184,7 @@ class ResponseCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self._clock = clock
         self.backend = config.backend if store is None else type(store).__name__
         if store is None:
             store = self._build_store(config, clock)
@@ -353,8 +355,11 @@ class ResponseCache:
         failed or took too long, or belongs to the same request).
         """
         flight = self._flights.get(lookup.key)
-        if flight is None:
-            flight = self._flights[lookup.key] = Flight(owner)
+        now = self._clock()
+        if flight is None or now - flight.started > self.config.single_flight_timeout:
+            # A flight older than anyone would wait for is taken over, so that one whose leader
+            # vanished without finishing cannot hold every later identical request.
+            flight = self._flights[lookup.key] = Flight(owner, now)
             return flight, None
         if flight.owner is owner:
             return None, None
