@@ -52,7 +52,9 @@ def test_a_short_run_writes_consistent_results_and_plots(service: Service, tmp_p
         assert [s["output_tokens"] for s in samples] == [8] * 6
         assert summary["output_tokens"] == 48
         assert summary["prompt_tokens"] == sum(s["prompt_tokens"] for s in samples) > 0
-        assert all(len(s["itl"]) == 7 for s in samples)
+        # One gap between consecutive content chunks; a chunk carries one token or, when a
+        # token's text is held back (a partial character), more than one.
+        assert all(1 <= len(s["itl"]) <= 7 for s in samples)
         for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
             d = summary[key]
             assert d["p50"] <= d["p90"] <= d["p95"] <= d["p99"]
