@@ -33,7 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_basics import free_port
-from upstream_overhead import start
+from upstream_overhead import front_config, start
 
 MODEL = "smollm2-135m-instruct"
 LITELLM = Path.home() / ".cache" / "vllm-service-bench" / "litellm-venv" / "bin" / "litellm"
@@ -145,18 +145,7 @@ def main() -> None:
     procs = [backend]
     try:
         ours, ours_url = start(
-            {
-                "models": [
-                    {
-                        "name": MODEL,
-                        "engine": "upstream",
-                        "options": {"base_url": f"{backend_url}/v1", "model": MODEL},
-                    }
-                ],
-                "observability": {"log_requests": False},
-            },
-            workdir,
-            "vllm-service",
+            front_config(backend_url, cache=True, log_requests=False), workdir, "vllm-service"
         )
         procs.append(ours)
         litellm, litellm_url = start_litellm(backend_url, workdir)

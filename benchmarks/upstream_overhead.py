@@ -57,6 +57,21 @@ def start(
     raise RuntimeError(f"{name} did not start")
 
 
+def front_config(backend_url: str, *, cache: bool, log_requests: bool) -> dict[str, object]:
+    """A vllm-service whose model is an upstream engine in front of ``backend_url``."""
+    return {
+        "models": [
+            {
+                "name": MODEL,
+                "engine": "upstream",
+                "options": {"base_url": f"{backend_url}/v1", "model": MODEL},
+            }
+        ],
+        "cache": {"enabled": cache},
+        "observability": {"log_requests": log_requests},
+    }
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
 
@@ -76,20 +91,9 @@ def main() -> None:
         workdir,
         "backend",
     )
+    # Every request must reach the upstream: the proxying is measured, not the cache.
     front, front_url = start(
-        {
-            "models": [
-                {
-                    "name": MODEL,
-                    "engine": "upstream",
-                    "options": {"base_url": f"{direct_url}/v1", "model": MODEL},
-                }
-            ],
-            # Every request must reach the upstream: the proxying is measured, not the cache.
-            "cache": {"enabled": False},
-        },
-        workdir,
-        "front",
+        front_config(direct_url, cache=False, log_requests=True), workdir, "front"
     )
     body = {
         "model": MODEL,

@@ -89,9 +89,7 @@ def create_app(
     metrics = Metrics(
         latency_target=obs.latency_target_ms / 1e3,
         cache=cache,
-        hosted=HostedPrice(
-            prices.hosted.name, prices.hosted.input_per_million, prices.hosted.output_per_million
-        ),
+        hosted=HostedPrice(**prices.hosted.model_dump()),
         hardware=HardwareCost(**prices.hardware.model_dump()),
     )
     latency = LatencyWindow(

@@ -156,7 +156,7 @@ def _route_headers(routes: list[Route]) -> dict[str, str]:
     outcomes = {r.cache for r in routes}
     if outcomes <= CACHE_HITS:
         headers[CACHE_HEADER] = "hit"
-    elif outcomes & {"bypass"}:
+    elif "bypass" in outcomes:
         headers[CACHE_HEADER] = "bypass"
     else:
         headers[CACHE_HEADER] = "miss"

@@ -169,7 +169,6 @@ class Flight:
         self.owner = owner
         self.started = started
         self.done: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
-        self.waiters = 0
 
 
 class ResponseCache:
@@ -185,7 +184,6 @@ class ResponseCache:
     ) -> None:
         self.config = config
         self._clock = clock
-        self.backend = config.backend if store is None else type(store).__name__
         if store is None:
             store = self._build_store(config, clock)
         self.store = store
@@ -322,8 +320,8 @@ class ResponseCache:
             self.lookups[lookup.model, "stale_hit"] += 1
         return answer
 
-    def count(self, lookup: CacheLookup | None, model: str, outcome: str) -> None:
-        self.lookups[lookup.model if lookup else model, outcome] += 1
+    def count(self, model: str, outcome: str) -> None:
+        self.lookups[model, outcome] += 1
 
     async def put(self, lookup: CacheLookup, answer: CachedAnswer) -> None:
         value = answer.encode()
@@ -363,7 +361,6 @@ class ResponseCache:
             return flight, None
         if flight.owner is owner:
             return None, None
-        flight.waiters += 1
         self.single_flight_waits += 1
         try:
             answer = await asyncio.wait_for(

@@ -241,7 +241,7 @@ class ModelManager:
             lookup = cache.plan(served.config, req)
         if cache is None or lookup is None:
             if cache is not None:
-                cache.count(None, served.config.name, "bypass")
+                cache.count(served.config.name, "bypass")
             async for delta in self._generate(served, req, route, None):
                 yield delta
             return
@@ -254,7 +254,7 @@ class ModelManager:
                 if found is None:
                     flight, shared = await cache.join(lookup, route.group or route)
                     if shared is not None:
-                        cache.count(lookup, served.config.name, "hit")
+                        cache.count(served.config.name, "hit")
                         found = shared, "hit"
                 span.set_attribute("vllm.cache.outcome", found[1] if found else "miss")
                 span.set_attribute("vllm.cache.waited", flight is None and found is not None)
@@ -265,7 +265,7 @@ class ModelManager:
                 yield answer.delta()
                 return
         route.cache = "miss" if control is CacheControl.USE else "refresh"
-        cache.count(lookup, served.config.name, route.cache)
+        cache.count(served.config.name, route.cache)
         recorder = AnswerRecorder()
         try:
             async for delta in self._generate(served, req, route, lookup):
@@ -290,17 +290,17 @@ class ModelManager:
         chain = [served, *(self.resolve(name) for name in served.config.fallbacks)]
         last_error: EngineError | None = None
         for model in chain:
-            if model is not served and lookup is not None:
-                stale = await self._stale(lookup, route)
-                if stale is not None:
-                    yield stale.delta()
-                    return
-                lookup = None  # looked up once, before the first fallback
             started = await self._first_delta(model, req, deadline, model.config.retry)
             if isinstance(started, EngineError):
                 last_error = started
                 if isinstance(started, InvalidRequestError):
                     break  # the request itself is wrong: no other deployment will differ
+                if model is served and lookup is not None:
+                    # The cache step: between the model's own deployments and its fallbacks.
+                    stale = await self._stale(lookup, route)
+                    if stale is not None:
+                        yield stale.delta()
+                        return
                 continue
             dep, permit, stream, first, span = started
             route.deployment, route.fallback = dep.id, model is not served
@@ -312,11 +312,6 @@ class ModelManager:
             finally:
                 await inner.aclose()  # runs its accounting even when our reader left early
             return
-        if lookup is not None and not isinstance(last_error, InvalidRequestError):
-            stale = await self._stale(lookup, route)
-            if stale is not None:
-                yield stale.delta()
-                return
         raise last_error or EngineUnavailableError(
             f"no deployment of {served.config.name!r} is available", retry_after=1.0
         )
