@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx2
@@ -33,7 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_basics import free_port
-from upstream_overhead import front_config, start
+from upstream_overhead import front_config, start, wait_until_up
 
 MODEL = "smollm2-135m-instruct"
 LITELLM = Path.home() / ".cache" / "vllm-service-bench" / "litellm-venv" / "bin" / "litellm"
@@ -91,15 +90,8 @@ def start_litellm(backend_url: str, workdir: Path) -> tuple[subprocess.Popen[byt
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx2.get(f"{url}/health/liveliness", timeout=1).status_code == 200:
-                return proc, url
-        except httpx2.TransportError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
+    if wait_until_up(proc, f"{url}/health/liveliness", seconds=120):
+        return proc, url
     raise RuntimeError(f"litellm did not start; see {workdir / 'litellm.log'}")
 
 

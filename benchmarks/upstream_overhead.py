@@ -47,14 +47,23 @@ def start(
         env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    if not wait_until_up(proc, f"{url}/ready", seconds=60):
+        raise RuntimeError(f"{name} did not start")
+    return proc, url
+
+
+def wait_until_up(proc: subprocess.Popen[bytes], url: str, *, seconds: float) -> bool:
+    """Poll ``url`` until it answers 200; False if the process exits or time runs out."""
+    for _ in range(int(seconds * 10)):
         try:
-            if httpx2.get(f"{url}/ready", timeout=1).status_code == 200:
-                return proc, url
+            if httpx2.get(url, timeout=1).status_code == 200:
+                return True
         except httpx2.TransportError:
             pass
+        if proc.poll() is not None:
+            return False
         time.sleep(0.1)
-    raise RuntimeError(f"{name} did not start")
+    return False
 
 
 def front_config(backend_url: str, *, cache: bool, log_requests: bool) -> dict[str, object]:
