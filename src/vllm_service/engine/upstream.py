@@ -1,6 +1,9 @@
 """The upstream engine: any OpenAI-compatible server (vLLM, OpenAI, llama-server, Ollama, another
 vllm-service) over one pooled async HTTP client, streaming passed through token by token.
 
+The client is pyreqwest (Rust's reqwest): on this path, every proxied request pays for its HTTP
+client, and reqwest's costs about a third of httpx2's CPU (benchmarks/upstream_overhead.py).
+
 Every request is sent with ``stream: true`` (and usage asked for) whatever the client asked,
 so that deltas flow as the upstream produces them; the API layer collects them for clients
 that did not ask for a stream. Closing the iterator closes the upstream response, which the
@@ -14,11 +17,14 @@ import itertools
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
 from typing import Any
 
-import httpx2
 from opentelemetry import propagate
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import RequestTimeoutError, TransportError
+from pyreqwest.response import Response
 
 from vllm_service.config import UpstreamOptions
 from vllm_service.engine.base import (
@@ -43,10 +49,11 @@ MAX_LINE_BYTES = 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 
 
-async def _bounded_lines(response: httpx2.Response) -> AsyncIterator[str]:
+async def _bounded_lines(response: Response) -> AsyncIterator[str]:
     """The response's lines, refusing any longer than MAX_LINE_BYTES (memory stays bounded)."""
     buffer = b""
-    async for chunk in response.aiter_raw():
+    reader = response.body_reader
+    while (chunk := await reader.read_chunk()) is not None:
         buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
@@ -57,9 +64,10 @@ async def _bounded_lines(response: httpx2.Response) -> AsyncIterator[str]:
         yield buffer.decode("utf-8", errors="replace")
 
 
-async def _bounded_body(response: httpx2.Response) -> str:
+async def _bounded_body(response: Response) -> str:
     body = b""
-    async for chunk in response.aiter_raw():
+    reader = response.body_reader
+    while (chunk := await reader.read_chunk()) is not None:
         body += chunk
         if len(body) >= MAX_ERROR_BODY_BYTES:
             break
@@ -160,7 +168,7 @@ def _error_message(response_text: str, status: int) -> str:
         return f"HTTP {status} with a body that is not an OpenAI error"
 
 
-def _retry_after(headers: httpx2.Headers) -> float:
+def _retry_after(headers: Mapping[str, str]) -> float:
     try:
         return min(MAX_RETRY_AFTER, max(0.0, float(headers.get("retry-after", "1"))))
     except ValueError:
@@ -173,7 +181,7 @@ class UpstreamEngine:
     def __init__(self, name: str, options: UpstreamOptions) -> None:
         self.name = name
         self.options = options
-        self._client: httpx2.AsyncClient | None = None
+        self._client: Client | None = None
         self._state: EngineState = "starting"
         self._created = int(time.time())
         self._requests = 0
@@ -188,18 +196,24 @@ class UpstreamEngine:
                 self._state = "failed"
                 raise EngineError(f"environment variable {o.api_key_env} (the API key) is unset")
             headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx2.AsyncClient(
-            base_url=o.base_url.rstrip("/"),
-            headers=headers,
-            timeout=httpx2.Timeout(o.read_timeout, connect=o.connect_timeout),
-            limits=httpx2.Limits(max_connections=o.max_connections),
+        self._base_url = o.base_url.rstrip("/")
+        self._client = (
+            ClientBuilder()
+            .default_headers(headers)
+            .connect_timeout(timedelta(seconds=o.connect_timeout))
+            .read_timeout(timedelta(seconds=o.read_timeout))
+            .timeout(timedelta(seconds=o.total_timeout))
+            .max_connections(o.max_connections)
+            # The key goes to the configured host only: never follow a redirect elsewhere.
+            .follow_redirects(False)
+            .build()
         )
         self._state = "ready"
 
     async def stop(self) -> None:
         self._state = "stopping"
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     def models(self) -> list[ModelCard]:
@@ -239,20 +253,26 @@ class UpstreamEngine:
         trace_headers: dict[str, str] = {}
         propagate.inject(trace_headers)
         try:
-            async with client.stream("POST", path, json=body, headers=trace_headers) as response:
-                if response.status_code != 200:
+            request = (
+                client.post(self._base_url + path)
+                .body_bytes(json.dumps(body).encode())
+                .header("content-type", "application/json")
+                .headers(trace_headers)
+                # Hand on each chunk as it arrives: the default reads ahead up to 64 KB first,
+                # which would hold back the first tokens of an answer.
+                .streamed_read_buffer_limit(0)
+                .build_streamed()
+            )
+            async with request as response:
+                if response.status != 200:
                     body_text = await _bounded_body(response)
-                    raise self._status_error(response.status_code, body_text, response.headers)
+                    raise self._status_error(response.status, body_text, response.headers)
                 done = False
                 async for line in _bounded_lines(response):
                     if done:
                         # Read to the end (the chunked terminator) so the connection goes back
                         # to the pool instead of being closed.
                         continue
-                    if time.monotonic() - submitted > self.options.total_timeout:
-                        raise EngineUnavailableError(
-                            "the upstream took longer than total_timeout", retry_after=1.0
-                        )
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
@@ -269,13 +289,15 @@ class UpstreamEngine:
                         if piece:
                             stamps.append(time.monotonic())
                             yield TokenDelta(text=piece)
-        except httpx2.TimeoutException as exc:
-            self._failures += 1
-            raise EngineUnavailableError(f"the upstream timed out: {exc}", retry_after=1.0) from exc
-        except httpx2.TransportError as exc:
+        except RequestTimeoutError as exc:
             self._failures += 1
             raise EngineUnavailableError(
-                f"the upstream is unreachable: {exc}", retry_after=1.0
+                f"the upstream timed out: {exc.message}", retry_after=1.0
+            ) from exc
+        except TransportError as exc:
+            self._failures += 1
+            raise EngineUnavailableError(
+                f"the upstream is unreachable: {exc.message}", retry_after=1.0
             ) from exc
         except UpstreamProtocolError:
             self._failures += 1
@@ -296,7 +318,7 @@ class UpstreamEngine:
             ),
         )
 
-    def _status_error(self, status: int, text: str, headers: httpx2.Headers) -> EngineError:
+    def _status_error(self, status: int, text: str, headers: Mapping[str, str]) -> EngineError:
         message = _error_message(text, status)
         if status == 429 or (status == 503 and "retry-after" in headers):
             # Busy (rate limit, full queue), not broken.
