@@ -115,6 +115,8 @@ def serve(
             host=settings.server.host,
             port=settings.server.port,
             log_level=settings.server.log_level,
+            # The request log (observability.log_requests) already has a line per request.
+            access_log=not (settings.observability.enabled and settings.observability.log_requests),
             timeout_graceful_shutdown=max(1, round(settings.server.shutdown_grace)),
         ),
         on_drain=lambda: setattr(application.state, "draining", True),

@@ -33,6 +33,13 @@ class ChoiceStreams:
 
     async def prime(self) -> None:
         """Await every choice's first delta; on any failure close all and re-raise."""
+        if len(self._streams) == 1:  # the common case: no task needed
+            try:
+                self._first = [await anext(self._streams[0])]
+            except BaseException:
+                await self.aclose()
+                raise
+            return
         tasks = [asyncio.ensure_future(anext(s)) for s in self._streams]
         try:
             self._first = list(await asyncio.gather(*tasks))

@@ -8,9 +8,9 @@ request's state, and the record goes to the accounting layer after the last byte
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Iterable
 
 from opentelemetry import trace
@@ -63,7 +63,7 @@ class Observe:
                 candidate = value.decode("latin-1")
                 if _VALID_ID.match(candidate):
                     request_id = candidate
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or os.urandom(16).hex()
         path = scope.get("path", "")
         route = path if path in self.routes else "other"
         rec = RequestRecord(

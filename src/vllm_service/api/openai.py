@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 from opentelemetry import trace
+from pydantic import BaseModel
 
 from vllm_service import __version__
 from vllm_service.api.choices import ChoiceStreams
@@ -237,7 +238,12 @@ def _stream_error(exc: BaseException) -> bytes:
 
 
 def _new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{os.urandom(16).hex()}"
+
+
+def _json(model: BaseModel, headers: dict[str, str]) -> Response:
+    # Serialized here, not by FastAPI: its response_model step would validate the model again.
+    return Response(model.model_dump_json(), media_type="application/json", headers=headers)
 
 
 class _ChunkEncoder:
@@ -337,10 +343,9 @@ def _chat_logprobs(items: list[TokenLogprob]) -> ChoiceLogprobs:
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
-    response: Response,
     manager: Manager,
     server: Server,
-) -> Response | ChatCompletionResponse:
+) -> Response:
     _check_common(body, server)
     extra = body.model_extra or {}
     for name in UNSUPPORTED_CHAT_PARAMS:
@@ -375,10 +380,9 @@ async def create_chat_completion(
             _chat_stream(body, streams, request_id, created, timing),
             headers={**SSE_HEADERS, **route_headers},
         )
-    response.headers.update(route_headers)
     texts, lps, finals = await until_disconnected(request, _collect(streams, [""] * body.n))
     if timing is not None:
-        response.headers["Server-Timing"] = timing.value()
+        route_headers["Server-Timing"] = timing.value()
     choices = []
     prompt_tokens = completion_tokens = cached = 0
     for i, final in enumerate(finals):
@@ -395,7 +399,7 @@ async def create_chat_completion(
                 finish_reason=final.finish_reason.value,
             )
         )
-    return ChatCompletionResponse(
+    answer = ChatCompletionResponse(
         id=request_id,
         created=created,
         model=body.model,
@@ -403,6 +407,7 @@ async def create_chat_completion(
         usage=_usage(prompt_tokens, completion_tokens, cached),
         system_fingerprint=SYSTEM_FINGERPRINT,
     )
+    return _json(answer, route_headers)
 
 
 async def _chat_stream(
@@ -489,10 +494,9 @@ def _completion_logprobs(items: list[TokenLogprob], offset: int) -> CompletionLo
 async def create_completion(
     body: CompletionRequest,
     request: Request,
-    response: Response,
     manager: Manager,
     server: Server,
-) -> Response | CompletionResponse:
+) -> Response:
     _check_common(body, server)
     if body.suffix:
         raise InvalidRequest("'suffix' is not supported by this server.", param="suffix")
@@ -536,10 +540,9 @@ async def create_completion(
             _completion_stream(body, streams, request_id, created, echo, body.n, timing),
             headers={**SSE_HEADERS, **route_headers},
         )
-    response.headers.update(route_headers)
     texts, lps, finals = await until_disconnected(request, _collect(streams, list(echo)))
     if timing is not None:
-        response.headers["Server-Timing"] = timing.value()
+        route_headers["Server-Timing"] = timing.value()
     choices = []
     prompt_tokens = completion_tokens = 0
     for k, final in enumerate(finals):
@@ -560,7 +563,7 @@ async def create_completion(
                 finish_reason=final.finish_reason.value,
             )
         )
-    return CompletionResponse(
+    answer = CompletionResponse(
         id=request_id,
         created=created,
         model=body.model,
@@ -568,6 +571,7 @@ async def create_completion(
         usage=_usage(prompt_tokens, completion_tokens, 0),
         system_fingerprint=SYSTEM_FINGERPRINT,
     )
+    return _json(answer, route_headers)
 
 
 async def _completion_stream(
