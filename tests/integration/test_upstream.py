@@ -111,3 +111,25 @@ def test_upstream_rejections_and_outages_are_clean_errors(front: Service) -> Non
     # The service stays healthy and keeps serving the live upstream.
     ok = httpx2.post(f"{front.base_url}/v1/chat/completions", json=chat(FRONT), timeout=60)
     assert ok.status_code == 200
+
+
+def test_a_client_leaving_the_front_aborts_the_upstream_sequence(
+    service: Service, front: Service
+) -> None:
+    """Closing a stream at the front closes the upstream connection: the backend stops."""
+    service.wait_idle()
+    aborted_before = service.engine_stats()["aborted"]
+    body = chat(FRONT, max_tokens=900, ignore_eos=True, stream=True)
+    with httpx2.stream(
+        "POST", f"{front.base_url}/v1/chat/completions", json=body, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        contents = 0
+        for line in lines:
+            if '"content"' in line and '"content": ""' not in line:
+                contents += 1
+                if contents == 3:
+                    break
+    stats = service.wait_idle()
+    assert stats["aborted"] == aborted_before + 1  # stopped, not run to its 900 tokens
