@@ -1,8 +1,9 @@
 """The upstream engine: any OpenAI-compatible server (vLLM, OpenAI, llama-server, Ollama, another
 vllm-service) over one pooled async HTTP client, streaming passed through token by token.
 
-The client is pyreqwest (Rust's reqwest): on this path, every proxied request pays for its HTTP
-client, and reqwest's costs about a third of httpx2's CPU (benchmarks/upstream_overhead.py).
+The client is aiohttp: every proxied request and every streamed chunk pays for its HTTP client,
+and aiohttp costs about a third of httpx2's CPU per request and per chunk on this path
+(benchmarks/upstream_overhead.py); it runs on the event loop itself, with no thread of its own.
 
 Every request is sent with ``stream: true`` (and usage asked for) whatever the client asked,
 so that deltas flow as the upstream produces them; the API layer collects them for clients
@@ -18,13 +19,10 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
-from datetime import timedelta
 from typing import Any
 
+import aiohttp
 from opentelemetry import propagate
-from pyreqwest.client import Client, ClientBuilder
-from pyreqwest.exceptions import RequestTimeoutError, TransportError
-from pyreqwest.response import Response
 
 from vllm_service.config import UpstreamOptions
 from vllm_service.engine.base import (
@@ -49,11 +47,10 @@ MAX_LINE_BYTES = 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 
 
-async def _bounded_lines(response: Response) -> AsyncIterator[str]:
+async def _bounded_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
     """The response's lines, refusing any longer than MAX_LINE_BYTES (memory stays bounded)."""
     buffer = b""
-    reader = response.body_reader
-    while (chunk := await reader.read_chunk()) is not None:
+    async for chunk in response.content.iter_any():
         buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
@@ -64,10 +61,9 @@ async def _bounded_lines(response: Response) -> AsyncIterator[str]:
         yield buffer.decode("utf-8", errors="replace")
 
 
-async def _bounded_body(response: Response) -> str:
+async def _bounded_body(response: aiohttp.ClientResponse) -> str:
     body = b""
-    reader = response.body_reader
-    while (chunk := await reader.read_chunk()) is not None:
+    async for chunk in response.content.iter_any():
         body += chunk
         if len(body) >= MAX_ERROR_BODY_BYTES:
             break
@@ -181,7 +177,7 @@ class UpstreamEngine:
     def __init__(self, name: str, options: UpstreamOptions) -> None:
         self.name = name
         self.options = options
-        self._client: Client | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._state: EngineState = "starting"
         self._created = int(time.time())
         self._requests = 0
@@ -197,16 +193,13 @@ class UpstreamEngine:
                 raise EngineError(f"environment variable {o.api_key_env} (the API key) is unset")
             headers["Authorization"] = f"Bearer {key}"
         self._base_url = o.base_url.rstrip("/")
-        self._client = (
-            ClientBuilder()
-            .default_headers(headers)
-            .connect_timeout(timedelta(seconds=o.connect_timeout))
-            .read_timeout(timedelta(seconds=o.read_timeout))
-            .timeout(timedelta(seconds=o.total_timeout))
-            .max_connections(o.max_connections)
-            # The key goes to the configured host only: never follow a redirect elsewhere.
-            .follow_redirects(False)
-            .build()
+        self._client = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(
+                total=o.total_timeout, connect=o.connect_timeout, sock_read=o.read_timeout
+            ),
+            connector=aiohttp.TCPConnector(limit=o.max_connections),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._state = "ready"
 
@@ -253,17 +246,13 @@ class UpstreamEngine:
         trace_headers: dict[str, str] = {}
         propagate.inject(trace_headers)
         try:
-            request = (
-                client.post(self._base_url + path)
-                .body_bytes(json.dumps(body).encode())
-                .header("content-type", "application/json")
-                .headers(trace_headers)
-                # Hand on each chunk as it arrives: the default reads ahead up to 64 KB first,
-                # which would hold back the first tokens of an answer.
-                .streamed_read_buffer_limit(0)
-                .build_streamed()
-            )
-            async with request as response:
+            trace_headers["content-type"] = "application/json"
+            async with client.post(
+                self._base_url + path,
+                data=json.dumps(body).encode(),
+                headers=trace_headers,
+                allow_redirects=False,
+            ) as response:
                 if response.status != 200:
                     body_text = await _bounded_body(response)
                     raise self._status_error(response.status, body_text, response.headers)
@@ -289,15 +278,13 @@ class UpstreamEngine:
                         if piece:
                             stamps.append(time.monotonic())
                             yield TokenDelta(text=piece)
-        except RequestTimeoutError as exc:
+        except TimeoutError as exc:
+            self._failures += 1
+            raise EngineUnavailableError("the upstream timed out", retry_after=1.0) from exc
+        except aiohttp.ClientError as exc:
             self._failures += 1
             raise EngineUnavailableError(
-                f"the upstream timed out: {exc.message}", retry_after=1.0
-            ) from exc
-        except TransportError as exc:
-            self._failures += 1
-            raise EngineUnavailableError(
-                f"the upstream is unreachable: {exc.message}", retry_after=1.0
+                f"the upstream is unreachable: {exc}", retry_after=1.0
             ) from exc
         except UpstreamProtocolError:
             self._failures += 1
