@@ -246,6 +246,26 @@ def _json(model: BaseModel, headers: dict[str, str]) -> Response:
     return Response(model.model_dump_json(), media_type="application/json", headers=headers)
 
 
+class _Pending:
+    """SSE events not sent yet. A stream sends what it has when it is about to wait for the
+    engine, so that events ready together (the role chunk and the first tokens; a finish
+    chunk, the usage chunk and [DONE]) go out in one write, not one write (and, for a proxy
+    in between, one read) each."""
+
+    def __init__(self) -> None:
+        self._events: list[bytes] = []
+
+    def add(self, event: bytes) -> None:
+        self._events.append(event)
+
+    def __bool__(self) -> bool:
+        return bool(self._events)
+
+    def take(self) -> bytes:
+        events, self._events = self._events, []
+        return b"".join(events)
+
+
 class _ChunkEncoder:
     """Encodes one streamed response's chunks as SSE events, OpenAI's shape."""
 
@@ -421,38 +441,49 @@ async def _chat_stream(
 
     chunk = _ChunkEncoder(request_id, "chat.completion.chunk", created, body.model, include_usage)
 
+    # Events ready together leave in one write (see _Pending): the role chunks go with the
+    # first delta, and a finish chunk with whatever follows it.
+    pending = _Pending()
     for i in range(body.n):
-        yield chunk(
-            [
-                {
-                    "index": i,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
+        pending.add(
+            chunk(
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
         )
     prompt_tokens = completion_tokens = cached = 0
     try:
         async for index, delta in streams.merged():
             logprobs = _chat_logprobs(list(delta.logprobs)).model_dump() if body.logprobs else None
             if delta.text or delta.logprobs:
-                yield chunk(
-                    [
-                        {
-                            "index": index,
-                            "delta": {"content": delta.text},
-                            "logprobs": logprobs,
-                            "finish_reason": None,
-                        }
-                    ]
+                pending.add(
+                    chunk(
+                        [
+                            {
+                                "index": index,
+                                "delta": {"content": delta.text},
+                                "logprobs": logprobs,
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
                 )
-            if delta.finish_reason is not None:
-                if delta.usage is not None:
-                    prompt_tokens = delta.usage.prompt_tokens
-                    cached = max(cached, delta.usage.cached_tokens)
-                    completion_tokens += delta.usage.completion_tokens
-                yield chunk(
+            if delta.finish_reason is None:
+                if pending:
+                    yield pending.take()
+                continue
+            if delta.usage is not None:
+                prompt_tokens = delta.usage.prompt_tokens
+                cached = max(cached, delta.usage.cached_tokens)
+                completion_tokens += delta.usage.completion_tokens
+            pending.add(
+                chunk(
                     [
                         {
                             "index": index,
@@ -462,14 +493,17 @@ async def _chat_stream(
                         }
                     ]
                 )
+            )
     except Exception as exc:
-        yield _stream_error(exc)
+        pending.add(_stream_error(exc))
+        yield pending.take()
         return
     if include_usage:
-        yield chunk([], _usage(prompt_tokens, completion_tokens, cached))
+        pending.add(chunk([], _usage(prompt_tokens, completion_tokens, cached)))
     for comment in _timing_comment(timing):
-        yield comment
-    yield _sse("[DONE]")
+        pending.add(comment)
+    pending.add(_sse("[DONE]"))
+    yield pending.take()
 
 
 # -- /v1/completions --------------------------------------------------------------------------
@@ -588,9 +622,12 @@ async def _completion_stream(
 
     chunk = _ChunkEncoder(request_id, "text_completion", created, body.model, include_usage)
 
+    pending = _Pending()  # as in _chat_stream
     for k, text in enumerate(echo):
         if text:
-            yield chunk([{"index": k, "text": text, "logprobs": None, "finish_reason": None}])
+            pending.add(
+                chunk([{"index": k, "text": text, "logprobs": None, "finish_reason": None}])
+            )
     prompt_tokens = completion_tokens = 0
     try:
         async for index, delta in streams.merged():
@@ -603,21 +640,27 @@ async def _completion_stream(
                 if index % n == 0:
                     prompt_tokens += delta.usage.prompt_tokens
                 completion_tokens += delta.usage.completion_tokens
-            yield chunk(
-                [
-                    {
-                        "index": index,
-                        "text": delta.text,
-                        "logprobs": logprobs,
-                        "finish_reason": finish,
-                    }
-                ]
+            pending.add(
+                chunk(
+                    [
+                        {
+                            "index": index,
+                            "text": delta.text,
+                            "logprobs": logprobs,
+                            "finish_reason": finish,
+                        }
+                    ]
+                )
             )
+            if finish is None and pending:
+                yield pending.take()
     except Exception as exc:
-        yield _stream_error(exc)
+        pending.add(_stream_error(exc))
+        yield pending.take()
         return
     if include_usage:
-        yield chunk([], _usage(prompt_tokens, completion_tokens, 0))
+        pending.add(chunk([], _usage(prompt_tokens, completion_tokens, 0)))
     for comment in _timing_comment(timing):
-        yield comment
-    yield _sse("[DONE]")
+        pending.add(comment)
+    pending.add(_sse("[DONE]"))
+    yield pending.take()
