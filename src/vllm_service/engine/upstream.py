@@ -242,15 +242,15 @@ class UpstreamEngine:
         stamps: list[float] = []
         finish: FinishReason | None = None
         usage: Usage | None = None
+        headers = {"content-type": "application/json"}
         # The W3C trace context of the request (when tracing is on) goes upstream with it.
-        trace_headers: dict[str, str] = {}
-        propagate.inject(trace_headers)
+        propagate.inject(headers)
         try:
-            trace_headers["content-type"] = "application/json"
             async with client.post(
                 self._base_url + path,
                 data=json.dumps(body).encode(),
-                headers=trace_headers,
+                headers=headers,
+                # The key goes to the configured host only: never follow a redirect elsewhere.
                 allow_redirects=False,
             ) as response:
                 if response.status != 200:
