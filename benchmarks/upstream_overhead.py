@@ -34,7 +34,7 @@ import httpx2
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_basics import free_port
+from serve_basics import cpu_seconds, free_port
 
 MODEL = "smollm2-135m-instruct"
 
@@ -90,12 +90,6 @@ def front_config(backend_url: str, *, cache: bool, log_requests: bool) -> dict[s
 
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its threads (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_reference(backend_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -101,7 +101,7 @@ def serve(
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # The HTTP client logs every upstream request at INFO: the request log already has them.
+    # httpx2 (health checks of managed engine processes) logs every request at INFO.
     for name in ("httpx2", "httpcore2"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:

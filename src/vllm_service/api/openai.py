@@ -211,11 +211,6 @@ async def _start(
     return streams, headers, timing
 
 
-def _timing_comment(timing: ServerTiming | None) -> list[bytes]:
-    """The stream's Server-Timing, as an SSE comment that SSE clients ignore."""
-    return [f": server-timing {timing.value()}\n\n".encode()] if timing is not None else []
-
-
 def _usage(prompt_tokens: int, completion_tokens: int, cached: int) -> UsageInfo:
     return UsageInfo(
         prompt_tokens=prompt_tokens,
@@ -264,6 +259,17 @@ class _Pending:
     def take(self) -> bytes:
         events, self._events = self._events, []
         return b"".join(events)
+
+
+def _stream_end(pending: _Pending, usage: bytes | None, timing: ServerTiming | None) -> bytes:
+    """The pending events, then the usage chunk (if asked for), the Server-Timing comment (if
+    asked for; SSE clients ignore comments) and [DONE], as one write."""
+    if usage is not None:
+        pending.add(usage)
+    if timing is not None:
+        pending.add(f": server-timing {timing.value()}\n\n".encode())
+    pending.add(_sse("[DONE]"))
+    return pending.take()
 
 
 class _ChunkEncoder:
@@ -498,12 +504,8 @@ async def _chat_stream(
         pending.add(_stream_error(exc))
         yield pending.take()
         return
-    if include_usage:
-        pending.add(chunk([], _usage(prompt_tokens, completion_tokens, cached)))
-    for comment in _timing_comment(timing):
-        pending.add(comment)
-    pending.add(_sse("[DONE]"))
-    yield pending.take()
+    usage = chunk([], _usage(prompt_tokens, completion_tokens, cached)) if include_usage else None
+    yield _stream_end(pending, usage, timing)
 
 
 # -- /v1/completions --------------------------------------------------------------------------
@@ -652,15 +654,11 @@ async def _completion_stream(
                     ]
                 )
             )
-            if finish is None and pending:
+            if finish is None:
                 yield pending.take()
     except Exception as exc:
         pending.add(_stream_error(exc))
         yield pending.take()
         return
-    if include_usage:
-        pending.add(chunk([], _usage(prompt_tokens, completion_tokens, 0)))
-    for comment in _timing_comment(timing):
-        pending.add(comment)
-    pending.add(_sse("[DONE]"))
-    yield pending.take()
+    usage = chunk([], _usage(prompt_tokens, completion_tokens, 0)) if include_usage else None
+    yield _stream_end(pending, usage, timing)

@@ -177,6 +177,7 @@ class UpstreamEngine:
     def __init__(self, name: str, options: UpstreamOptions) -> None:
         self.name = name
         self.options = options
+        self._base_url = options.base_url.rstrip("/")
         self._client: aiohttp.ClientSession | None = None
         self._state: EngineState = "starting"
         self._created = int(time.time())
@@ -192,7 +193,6 @@ class UpstreamEngine:
                 self._state = "failed"
                 raise EngineError(f"environment variable {o.api_key_env} (the API key) is unset")
             headers["Authorization"] = f"Bearer {key}"
-        self._base_url = o.base_url.rstrip("/")
         self._client = aiohttp.ClientSession(
             headers=headers,
             timeout=aiohttp.ClientTimeout(
