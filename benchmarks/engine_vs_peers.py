@@ -50,11 +50,14 @@ from vllm_service.engine.llamacpp.model_files import resolve_model_path
 CACHE = Path(os.environ.get("VLLM_SERVICE_BENCH_CACHE", Path.home() / ".cache/vllm-service-bench"))
 OUTPUT_TOKENS = 64
 #: Sampling parameters sent to every peer. llama-server cuts to its default top_k=40 unless
-#: told otherwise, so "top_k" sends it explicitly: both engines then do the same work.
+#: told otherwise, so "top_k" sends it explicitly: both engines then do the same work. The
+#: repetition penalty is off explicitly: the bundled model's default turns it on in ours
+#: (llama-server's default is off).
+_SAME_WORK = {"ignore_eos": True, "repetition_penalty": 1.0, "repeat_penalty": 1.0}
 SAMPLING: dict[str, dict[str, Any]] = {
-    "top_k": {"temperature": 0.8, "top_p": 0.95, "extra_body": {"ignore_eos": True, "top_k": 40}},
-    "top_p": {"temperature": 0.8, "top_p": 0.95, "extra_body": {"ignore_eos": True}},
-    "greedy": {"temperature": 0.0, "extra_body": {"ignore_eos": True}},
+    "top_k": {"temperature": 0.8, "top_p": 0.95, "extra_body": {**_SAME_WORK, "top_k": 40}},
+    "top_p": {"temperature": 0.8, "top_p": 0.95, "extra_body": _SAME_WORK},
+    "greedy": {"temperature": 0.0, "extra_body": _SAME_WORK},
 }
 
 SUBJECTS = [

@@ -31,10 +31,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def python_tool(name: str) -> str | None:
+    """A console script installed beside the running interpreter (found without PATH, so an
+    unactivated virtualenv works)."""
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.is_file() and os.access(exe, os.X_OK) else None
+
+
 def service_command() -> list[str]:
-    """The console script a user runs; falls back to the module when not on PATH."""
-    exe = shutil.which("vllm-service")
+    """The console script a user runs; falls back to the module when it is not installed."""
+    exe = python_tool("vllm-service")
     return [exe] if exe else [sys.executable, "-m", "vllm_service"]
+
+
+def system_binary(name: str, package: str) -> str:
+    """A program from a system package: skipped with the package named when it is missing,
+    a failure under CI (where scripts/test installs it)."""
+    exe = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.is_file()),
+        None,
+    )
+    if exe is not None:
+        return exe
+    message = f"{name} is missing: install the Debian package '{package}' (scripts/test does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @dataclass

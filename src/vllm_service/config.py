@@ -239,6 +239,18 @@ class ModelCacheConfig(_Strict):
     )
 
 
+class SamplingDefaultsConfig(_Strict):
+    """Sampling values for requests that leave a knob out (the request's own value wins)."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, description="0 = off.")
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2, description="1 = off.")
+
+
 def _options_kind(value: object) -> str:
     """Which options a model entry holds: an upstream's are the ones with a base_url."""
     if isinstance(value, dict):
@@ -271,6 +283,11 @@ class ModelConfig(_Strict):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
+    defaults: SamplingDefaultsConfig = Field(
+        default_factory=SamplingDefaultsConfig,
+        description="Sampling values for knobs a request leaves out; before the model file's "
+        "own recommendations (embedded engine) or the upstream's defaults.",
+    )
 
     @model_validator(mode="after")
     def _options_match_engine(self) -> ModelConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import subprocess
 import time
@@ -15,7 +14,7 @@ import httpx2
 import openai
 import pytest
 
-from tests.conftest import MODEL, Service, free_port, start_service
+from tests.conftest import MODEL, Service, free_port, start_service, system_binary
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +25,7 @@ class RedisServer:
     """A redis-server process on a loopback port, which a test may kill and start again."""
 
     def __init__(self, workdir: Path) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
-        self.exe = exe
+        self.exe = system_binary("redis-server", "redis-server")
         self.workdir = workdir
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import statistics
 import subprocess
 import time
@@ -17,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL, Service, free_port, start_service
+from tests.conftest import MODEL, Service, free_port, start_service, system_binary
 
 pytestmark = pytest.mark.integration
 
@@ -212,11 +210,7 @@ def test_dashboards_and_alerts_name_only_exported_metrics(observed: Service) -> 
 
 def test_prometheus_scrapes_the_service(observed: Service, tmp_path: Path) -> None:
     """A real Prometheus server scrapes /metrics; PromQL returns the count we sent."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is not installed (.ci/run installs it)")
-        pytest.skip("prometheus is not installed")
+    binary = system_binary("prometheus", "prometheus")
     port = free_port()
     config = {
         "global": {"scrape_interval": "1s"},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODEL, Service, start_service
+from tests.conftest import MODEL, Service, python_tool, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +35,7 @@ def small_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]
 
 
 def test_schemathesis_finds_no_server_error_or_schema_violation(small_service: Service) -> None:
-    exe = shutil.which("schemathesis") or shutil.which("st")
+    exe = python_tool("schemathesis") or python_tool("st")
     assert exe is not None, "schemathesis is installed by the dev extra"
     env = {
         **os.environ,

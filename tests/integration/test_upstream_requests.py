@@ -156,3 +156,41 @@ def test_a_broken_upstream_answer_is_a_clean_error_never_echoed(
     else:
         assert r.status_code == 502
         assert error["type"] == "bad_gateway_error"
+
+
+def test_an_upstream_gets_the_configured_defaults_and_otherwise_its_own(
+    recorder: Recorder,
+) -> None:
+    upstream = {"base_url": f"http://127.0.0.1:{recorder.port}/v1", "model": "upstream-name"}
+    settings = load_settings(
+        None,
+        models=[
+            {"name": "plain", "engine": "upstream", "options": upstream},
+            {
+                "name": "tuned",
+                "engine": "upstream",
+                "options": upstream,
+                "defaults": {"temperature": 0.3, "top_k": 20},
+            },
+        ],
+    )
+    question = [{"role": "user", "content": "hello"}]
+    with TestClient(create_app(settings)) as client:
+        listed = {m["id"]: m["sampling_defaults"] for m in client.get("/v1/models").json()["data"]}
+        for model, extra in [("plain", {}), ("tuned", {}), ("tuned", {"temperature": 1})]:
+            r = client.post(
+                "/v1/chat/completions", json={"model": model, "messages": question, **extra}
+            )
+            assert r.status_code == 200
+    plain, tuned, overridden = (seen["body"] for seen in recorder.seen[-3:])
+    # Nothing set: the upstream applies its own defaults.
+    assert not {"temperature", "top_p", "top_k"} & set(plain)
+    assert (tuned["temperature"], tuned["top_k"]) == (0.3, 20)
+    assert "top_p" not in tuned
+    # The request's own value wins over the configured default.
+    assert overridden["temperature"] == 1
+    assert listed["plain"] == {}
+    assert listed["tuned"] == {
+        "temperature": {"value": 0.3, "source": "config"},
+        "top_k": {"value": 20.0, "source": "config"},
+    }

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.conftest import system_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy/prometheus/alerts.yml"
@@ -17,12 +16,7 @@ RUNBOOK = ROOT / "docs/runbook.md"
 
 
 def promtool() -> str:
-    binary = shutil.which("promtool")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed (.ci/run installs prometheus)")
-        pytest.skip("promtool is not installed")
-    return binary
+    return system_binary("promtool", "prometheus")
 
 
 def alerts() -> list[dict[str, object]]:

@@ -31,6 +31,8 @@ _ENGINE_COUNTERS = {
     "prefix_cache_hit_tokens": "Prompt tokens served from the prefix cache.",
     "prompt_tokens": "Prompt tokens of sequences the engine admitted.",
     "preemptions": "Sequences preempted (recomputed later) for lack of KV cache.",
+    "submitted": "Sequences the engine accepted into its queue.",
+    "completed": "Sequences that ran to a finish reason (stop or length).",
     "aborted": "Sequences aborted because their client went away.",
     "queue_timeouts": "Requests that waited longer than queue_timeout for a slot.",
     "rejected": "Requests refused because the waiting queue was full.",

@@ -41,6 +41,7 @@ from vllm_service.api.protocol import (
     ModelList,
     ModelObject,
     PromptTokensDetails,
+    SamplingDefaultOut,
     SamplingFields,
     TokenLogprobOut,
     TopLogprobOut,
@@ -127,18 +128,19 @@ def _sampling(
     json_object: bool = False,
     json_schema: str | None = None,
 ) -> SamplingParams:
-    temperature = 1.0 if body.temperature is None else body.temperature
+    # Knobs left out stay None: the engine applies the model's recommended values.
     seed = None if body.seed is None else body.seed + choice
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=max(0, body.top_k or 0),
-        min_p=body.min_p or 0.0,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=None if body.top_k is None else max(0, body.top_k),
+        min_p=body.min_p,
         seed=seed,
         stop=body.stop_list(),
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
         logit_bias=body.logit_bias_pairs(),
         logprobs=logprobs,
         json_object=json_object,
@@ -325,6 +327,10 @@ async def list_models(manager: Manager) -> ModelList:
                         owned_by=card.owned_by,
                         root=served.config.name,
                         max_model_len=card.max_model_len,
+                        sampling_defaults={
+                            knob: SamplingDefaultOut(value=d.value, source=d.source)
+                            for knob, d in card.sampling_defaults.values
+                        },
                     )
                 )
     return ModelList(data=data)

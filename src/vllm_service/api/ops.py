@@ -28,6 +28,12 @@ async def health(manager: Manager) -> JSONResponse:
             name: {"state": h.state, "device": h.device, **h.detail} for name, h in engines.items()
         },
     }
+    for deployment in manager.deployments:
+        cards = deployment.engine.models()
+        if deployment.id in body["engines"] and cards:
+            body["engines"][deployment.id]["sampling_defaults"] = cards[
+                0
+            ].sampling_defaults.as_dict()
     if manager.cache is not None:
         await manager.cache.ping()
         body["cache"] = manager.cache.health()

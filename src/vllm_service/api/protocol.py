@@ -124,6 +124,12 @@ class SamplingFields(OpenAIBaseModel):
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=2.0,
+        description="Extension (as vLLM): divides the logits of tokens already seen; 1 = off.",
+    )
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = Field(default=None, max_length=256)
     ignore_eos: StrictBool = Field(
@@ -329,6 +335,11 @@ class CompletionResponse(BaseModel):
     system_fingerprint: str | None = None
 
 
+class SamplingDefaultOut(BaseModel):
+    value: float
+    source: str
+
+
 class ModelObject(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -336,6 +347,12 @@ class ModelObject(BaseModel):
     owned_by: str
     root: str
     max_model_len: int
+    sampling_defaults: dict[str, SamplingDefaultOut] = Field(
+        default_factory=dict,
+        description="Extension: the value a request gets for each sampling knob it leaves out, "
+        "and its source (config, gguf metadata, a model card, openai default). A knob not "
+        "listed is left to the upstream.",
+    )
 
 
 class ModelList(BaseModel):

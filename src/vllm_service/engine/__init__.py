@@ -13,6 +13,7 @@ from vllm_service.engine.base import (
     GenerationRequest,
     InvalidRequestError,
     ModelCard,
+    SamplingDefaults,
     SamplingParams,
     TokenDelta,
 )
@@ -24,15 +25,15 @@ def build_engine(model: ModelConfig) -> Engine:
     if model.engine == "llamacpp" and isinstance(options, LlamaCppOptions):
         from vllm_service.engine.llamacpp.engine import LlamaCppEngine
 
-        return LlamaCppEngine(model.name, options)
+        return LlamaCppEngine(model.name, options, model.defaults)
     if model.engine == "process" and isinstance(options, ProcessOptions):
         from vllm_service.engine.process import ProcessEngine
 
-        return ProcessEngine(model.name, options)
+        return ProcessEngine(model.name, options, model.defaults)
     if model.engine == "upstream" and isinstance(options, UpstreamOptions):
         from vllm_service.engine.upstream import UpstreamEngine
 
-        return UpstreamEngine(model.name, options)
+        return UpstreamEngine(model.name, options, model.defaults)
     raise ValueError(f"unknown engine kind {model.engine!r}")  # pragma: no cover - config guards
 
 
@@ -46,6 +47,7 @@ __all__ = [
     "GenerationRequest",
     "InvalidRequestError",
     "ModelCard",
+    "SamplingDefaults",
     "SamplingParams",
     "TokenDelta",
     "build_engine",

@@ -11,10 +11,11 @@ Exception tree::
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Role = Literal["system", "developer", "user", "assistant"]
 EngineState = Literal["starting", "ready", "stopping", "failed"]
@@ -38,14 +39,18 @@ class SamplingParams:
     """How to pick tokens; every field maps to an OpenAI request parameter."""
 
     max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
+    # The knobs below are None when the request left them out: the engine then applies the
+    # model's recommended value (engine/sampling_defaults.py), or OpenAI's neutral one.
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    #: Multiplicative penalty on tokens already seen (vLLM's and llama.cpp's); 1 = off.
+    repetition_penalty: float | None = None
     logit_bias: tuple[tuple[int, float], ...] = ()
     #: None: no logprobs; 0..20: the chosen token's logprob plus that many alternatives.
     logprobs: int | None = None
@@ -55,6 +60,57 @@ class SamplingParams:
     json_schema: str | None = None
     #: Generate past end-of-sequence until max_tokens (benchmarks with fixed output lengths).
     ignore_eos: bool = False
+
+
+#: The sampling knobs a model may recommend values for (vLLM's generation-config set).
+SAMPLING_KNOBS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingDefault:
+    """One knob's value when a request leaves it out, and where that value comes from."""
+
+    value: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingDefaults:
+    """The values requests get for the knobs they leave out (knob name -> default)."""
+
+    values: tuple[tuple[str, SamplingDefault], ...] = ()
+
+    @classmethod
+    def layered(cls, *layers: tuple[str, Mapping[str, float | None]]) -> SamplingDefaults:
+        """Merge ``(source, {knob: value})`` layers; the first layer naming a knob wins."""
+        chosen: dict[str, SamplingDefault] = {}
+        for source, values in layers:
+            for knob, value in values.items():
+                if knob not in SAMPLING_KNOBS:
+                    raise ValueError(f"unknown sampling knob {knob!r}")
+                if value is not None and knob not in chosen:
+                    chosen[knob] = SamplingDefault(float(value), source)
+        return cls(tuple((k, chosen[k]) for k in SAMPLING_KNOBS if k in chosen))
+
+    def fill(self, params: SamplingParams) -> SamplingParams:
+        """``params`` with every knob it left unset taken from these defaults."""
+        missing: dict[str, Any] = {
+            knob: int(default.value) if knob == "top_k" else default.value
+            for knob, default in self.values
+            if getattr(params, knob) is None
+        }
+        return dataclasses.replace(params, **missing) if missing else params
+
+    def as_dict(self) -> dict[str, dict[str, float | str]]:
+        return {knob: {"value": d.value, "source": d.source} for knob, d in self.values}
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +198,8 @@ class ModelCard:
     owned_by: str
     created: int
     max_model_len: int
+    #: The sampling values a request gets for the knobs it leaves out, and where each comes from.
+    sampling_defaults: SamplingDefaults = SamplingDefaults()
 
 
 class Engine(Protocol):

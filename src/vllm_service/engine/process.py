@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import httpx2
 
-from vllm_service.config import ProcessOptions, UpstreamOptions
+from vllm_service.config import ProcessOptions, SamplingDefaultsConfig, UpstreamOptions
 from vllm_service.engine.base import (
     EngineError,
     EngineHealth,
@@ -39,7 +39,12 @@ def _free_port() -> int:
 class ProcessEngine:
     """Supervises one engine server process and forwards requests to it."""
 
-    def __init__(self, name: str, options: ProcessOptions) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: ProcessOptions,
+        defaults: SamplingDefaultsConfig | None = None,
+    ) -> None:
         self.name = name
         self.options = options
         self.port = options.port or _free_port()
@@ -52,6 +57,7 @@ class ProcessEngine:
                 read_timeout=options.read_timeout,
                 max_model_len=options.max_model_len,
             ),
+            defaults,
         )
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None

@@ -14,6 +14,7 @@ the manager's retry loop is the only one.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -24,8 +25,9 @@ from typing import Any
 import aiohttp
 from opentelemetry import propagate
 
-from vllm_service.config import UpstreamOptions
+from vllm_service.config import SamplingDefaultsConfig, UpstreamOptions
 from vllm_service.engine.base import (
+    SAMPLING_KNOBS,
     EngineError,
     EngineHealth,
     EngineState,
@@ -34,6 +36,7 @@ from vllm_service.engine.base import (
     GenerationRequest,
     InvalidRequestError,
     ModelCard,
+    SamplingDefaults,
     Timing,
     TokenDelta,
     UpstreamProtocolError,
@@ -106,6 +109,10 @@ def _parse_chunk(data: str, chat: bool) -> tuple[list[tuple[str | None, str | No
         ) from None
 
 
+#: The value at which an extension knob does nothing.
+_EXTENSION_OFF: dict[str, float] = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
 def _payload(req: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
     """The upstream route and JSON body for one sequence."""
     s = req.sampling
@@ -117,8 +124,6 @@ def _payload(req: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
         "model": model,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "temperature": s.temperature,
-        "top_p": s.top_p,
     }
     if s.max_tokens is not None:
         body["max_tokens"] = s.max_tokens
@@ -126,17 +131,15 @@ def _payload(req: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
         body["seed"] = s.seed
     if s.stop:
         body["stop"] = list(s.stop)
-    if s.presence_penalty:
-        body["presence_penalty"] = s.presence_penalty
-    if s.frequency_penalty:
-        body["frequency_penalty"] = s.frequency_penalty
     if s.logit_bias:
         body["logit_bias"] = {str(t): b for t, b in s.logit_bias}
-    # Extensions (vLLM, llama-server): sent only when asked for.
-    if s.top_k > 0:
-        body["top_k"] = s.top_k
-    if s.min_p > 0:
-        body["min_p"] = s.min_p
+    # Knobs left unset (by the request and the config) are left out: the upstream's own
+    # defaults apply. The extensions (vLLM, llama-server) go only where they change something,
+    # so that a hosted API that does not know them is not sent them.
+    for knob in SAMPLING_KNOBS:
+        value = getattr(s, knob)
+        if value is not None and _EXTENSION_OFF.get(knob) != value:
+            body[knob] = value
     if s.ignore_eos:
         body["ignore_eos"] = True
     if req.messages is not None:
@@ -174,9 +177,19 @@ def _retry_after(headers: Mapping[str, str]) -> float:
 class UpstreamEngine:
     """Serves a model by forwarding to an OpenAI-compatible server."""
 
-    def __init__(self, name: str, options: UpstreamOptions) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: UpstreamOptions,
+        defaults: SamplingDefaultsConfig | None = None,
+    ) -> None:
         self.name = name
         self.options = options
+        #: Only the configured ones: a knob neither the request nor the config sets is left
+        #: out of the upstream request, and the upstream applies its own default.
+        self.sampling_defaults = SamplingDefaults.layered(
+            ("config", (defaults or SamplingDefaultsConfig()).model_dump())
+        )
         self._base_url = options.base_url.rstrip("/")
         self._client: aiohttp.ClientSession | None = None
         self._state: EngineState = "starting"
@@ -216,6 +229,7 @@ class UpstreamEngine:
                 owned_by="upstream",
                 created=self._created,
                 max_model_len=self.options.max_model_len,
+                sampling_defaults=self.sampling_defaults,
             )
         ]
 
@@ -235,7 +249,8 @@ class UpstreamEngine:
         client = self._client
         if client is None or self._state != "ready":
             raise EngineUnavailableError("the upstream engine is not started", retry_after=1.0)
-        path, body = _payload(req, self.options.model)
+        sampling = self.sampling_defaults.fill(req.sampling)
+        path, body = _payload(dataclasses.replace(req, sampling=sampling), self.options.model)
         chat = req.messages is not None
         self._requests += 1
         submitted = time.monotonic()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from vllm_service.config import LlamaCppOptions
+from pydantic import ValidationError
+
+from vllm_service.config import BUNDLED_MODEL, LlamaCppOptions, SamplingDefaultsConfig
 from vllm_service.engine.base import (
     ContextLengthExceededError,
     EngineHealth,
@@ -17,23 +20,55 @@ from vllm_service.engine.base import (
     GenerationRequest,
     InvalidRequestError,
     ModelCard,
+    SamplingDefaults,
     TokenDelta,
 )
 from vllm_service.engine.llamacpp.chat_template import CHATML_TEMPLATE, ChatTemplate
 from vllm_service.engine.llamacpp.device import DevicePlacement, place
 from vllm_service.engine.llamacpp.model import LlamaModel, gpu_offload_supported
-from vllm_service.engine.llamacpp.model_files import resolve_model_path
-from vllm_service.engine.llamacpp.sampling import SamplerChain
+from vllm_service.engine.llamacpp.model_files import (
+    BUNDLED_SAMPLING,
+    BUNDLED_SAMPLING_SOURCE,
+    BUNDLED_TUNING,
+    BUNDLED_TUNING_SOURCE,
+    resolve_model_path,
+)
+from vllm_service.engine.llamacpp.sampling import NEUTRAL_SAMPLING, SamplerChain
 from vllm_service.engine.llamacpp.scheduler import Post, Scheduler, Sequence
 from vllm_service.engine.llamacpp.text_output import TextOutput
+
+logger = logging.getLogger(__name__)
+
+
+def _valid_recommendations(model: LlamaModel) -> dict[str, float | None]:
+    """The file's recommended sampling values that are in range (others are logged, unused)."""
+    out: dict[str, float | None] = {}
+    for knob, value in model.recommended_sampling().items():
+        try:
+            SamplingDefaultsConfig.model_validate({knob: int(value) if knob == "top_k" else value})
+        except ValidationError:
+            logger.warning(
+                "ignoring the model file's %s recommendation %r: out of range", knob, value
+            )
+            continue
+        out[knob] = value
+    return out
 
 
 class LlamaCppEngine:
     """Serves one GGUF model in-process; weights load in ``start()``, off the event loop."""
 
-    def __init__(self, name: str, options: LlamaCppOptions) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: LlamaCppOptions,
+        defaults: SamplingDefaultsConfig | None = None,
+    ) -> None:
         self.name = name
         self.options = options
+        self._configured_defaults = defaults or SamplingDefaultsConfig()
+        #: Until the file's metadata is read: the configured values and OpenAI's neutral ones.
+        self.sampling_defaults = self._layer_defaults({})
         # Resolved now so a bad path or device fails at start-up, before the server listens.
         self.model_path: Path = resolve_model_path(options.model)
         self.placement: DevicePlacement = place(
@@ -56,9 +91,22 @@ class LlamaCppEngine:
             raise
         self._state = "ready"
 
+    def _layer_defaults(self, from_file: dict[str, float | None]) -> SamplingDefaults:
+        """Request first (applied per request), then config, file metadata, the bundled
+        model's card and our tuning of it, and OpenAI's neutral values last."""
+        bundled = self.options.model == BUNDLED_MODEL
+        return SamplingDefaults.layered(
+            ("config", self._configured_defaults.model_dump()),
+            ("gguf metadata", from_file),
+            (BUNDLED_SAMPLING_SOURCE, BUNDLED_SAMPLING if bundled else {}),
+            (BUNDLED_TUNING_SOURCE, BUNDLED_TUNING if bundled else {}),
+            ("openai default", NEUTRAL_SAMPLING),
+        )
+
     def _load(self, post: Post) -> None:
         model = LlamaModel(self.model_path, self.placement)
         self._model = model
+        self.sampling_defaults = self._layer_defaults(_valid_recommendations(model))
         template_source = self.options.chat_template or model.chat_template() or CHATML_TEMPLATE
         self._template = ChatTemplate(
             template_source,
@@ -99,6 +147,7 @@ class LlamaCppEngine:
                 owned_by="vllm-service",
                 created=self._created,
                 max_model_len=self.options.max_model_len,
+                sampling_defaults=self.sampling_defaults,
             )
         ]
 
@@ -164,6 +213,7 @@ class LlamaCppEngine:
         scheduler = self._scheduler
         if scheduler is None or self._state != "ready":
             raise EngineUnavailableError("the engine is not ready", retry_after=1.0)
+        req = dataclasses.replace(req, sampling=self.sampling_defaults.fill(req.sampling))
         prompt, max_tokens, sampler = await asyncio.to_thread(self._prepare, req)
         queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
         seq = Sequence(

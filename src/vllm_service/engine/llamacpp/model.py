@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,15 @@ from typing import Any
 import llama_cpp
 
 from vllm_service.engine.llamacpp.device import DevicePlacement
+
+#: Sampling knob -> the GGUF metadata key where a model file recommends its value.
+GGUF_SAMPLING_KEYS = {
+    "temperature": "general.sampling.temp",
+    "top_p": "general.sampling.top_p",
+    "top_k": "general.sampling.top_k",
+    "min_p": "general.sampling.min_p",
+    "repetition_penalty": "general.sampling.penalty_repeat",
+}
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -88,6 +98,21 @@ class LlamaModel:
 
     def chat_template(self) -> str | None:
         return self.metadata("tokenizer.chat_template")
+
+    def recommended_sampling(self) -> dict[str, float]:
+        """The sampling values the file recommends (llama.cpp's ``general.sampling.*`` keys)."""
+        out: dict[str, float] = {}
+        for knob, key in GGUF_SAMPLING_KEYS.items():
+            text = self.metadata(key)
+            if text is None:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                continue  # a malformed key is ignored, as llama.cpp does
+            if math.isfinite(value):
+                out[knob] = value
+        return out
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")

@@ -10,8 +10,25 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from vllm_service.engine.base import InvalidRequestError, SamplingParams, TokenLogprob, TopLogprob
+from vllm_service.engine.base import (
+    InvalidRequestError,
+    SamplingDefaults,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+)
 from vllm_service.engine.llamacpp.model import LlamaModel
+
+#: OpenAI's values for knobs a request leaves out, where neither config nor model recommends one.
+NEUTRAL_SAMPLING: dict[str, float | None] = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+}
 
 #: llama.cpp reads this seed as "pick one at random"; a request's own seed never maps to it.
 _RANDOM_SEED = 0xFFFFFFFF
@@ -83,29 +100,33 @@ class SamplerChain:
             for i, (token, bias) in enumerate(params.logit_bias):
                 biases[i] = llama_cpp.llama_logit_bias(token, bias)
             self._add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases))
-        if params.presence_penalty or params.frequency_penalty:
+        # The engine fills unset knobs before this; a caller that did not gets OpenAI's values.
+        knobs = SamplingDefaults.layered(("openai default", NEUTRAL_SAMPLING)).fill(params)
+        assert knobs.temperature is not None
+        assert knobs.top_p is not None
+        assert knobs.top_k is not None
+        assert knobs.min_p is not None
+        presence, frequency = knobs.presence_penalty or 0.0, knobs.frequency_penalty or 0.0
+        repetition = 1.0 if knobs.repetition_penalty is None else knobs.repetition_penalty
+        if presence or frequency or repetition != 1.0:
             self._add(
                 llama_cpp.llama_sampler_init_penalties(
-                    model.n_vocab,
-                    penalty_window,
-                    1.0,
-                    params.frequency_penalty,
-                    params.presence_penalty,
+                    model.n_vocab, penalty_window, repetition, frequency, presence
                 )
             )
-        if params.temperature <= 0.0:
+        if knobs.temperature <= 0.0:
             self._add(llama_cpp.llama_sampler_init_greedy())
             return
         # As OpenAI and vLLM define them: temperature scales the logits first, then top_k,
         # top_p and min_p cut the tempered distribution. (A sharper distribution also lets
         # top_p find its nucleus among the top 256 tokens instead of sorting the vocabulary.)
-        self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
-        if params.top_k > 0:
-            self._add(llama_cpp.llama_sampler_init_top_k(params.top_k))
-        if params.top_p < 1.0:
-            self._add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-        if params.min_p > 0.0:
-            self._add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        self._add(llama_cpp.llama_sampler_init_temp(knobs.temperature))
+        if knobs.top_k > 0:
+            self._add(llama_cpp.llama_sampler_init_top_k(knobs.top_k))
+        if knobs.top_p < 1.0:
+            self._add(llama_cpp.llama_sampler_init_top_p(knobs.top_p, 1))
+        if knobs.min_p > 0.0:
+            self._add(llama_cpp.llama_sampler_init_min_p(knobs.min_p, 1))
         self._add(llama_cpp.llama_sampler_init_dist(request_seed(params.seed)))
 
     def sample(self, ctx: Any, batch_index: int) -> int:

@@ -150,6 +150,10 @@ class SchedulerStats:
     kv_cells_total: int
     steps: int
     preemptions: int
+    #: Sequences accepted into the queue, and those that ran to a finish reason: once nothing
+    #: runs or waits, submitted = completed + aborted + queue_timeouts + failed ones.
+    submitted: int
+    completed: int
     aborted: int
     queue_timeouts: int
     rejected: int
@@ -226,6 +230,8 @@ class Scheduler:
         self._kv_cached = 0
         self._steps = 0
         self._preemptions = 0
+        self._submitted = 0
+        self._completed = 0
         self._aborted = 0
         self._queue_timeouts = 0
         self._rejected = 0
@@ -268,6 +274,7 @@ class Scheduler:
                 )
             self._waiting_tokens += len(seq.tokens)
             self._incoming.append(seq)
+            self._submitted += 1
             self._wakeup.notify()
 
     def abort(self, seq: Sequence) -> None:
@@ -290,6 +297,8 @@ class Scheduler:
             kv_cells_total=self.kv_cells,
             steps=self._steps,
             preemptions=self._preemptions,
+            submitted=self._submitted,
+            completed=self._completed,
             aborted=self._aborted,
             queue_timeouts=self._queue_timeouts,
             rejected=self._rejected,
@@ -577,6 +586,7 @@ class Scheduler:
         )
         self._running.remove(seq)
         self._release(seq)
+        self._completed += 1
         self._send(
             seq,
             TokenDelta(
