@@ -88,6 +88,7 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API (default: the bundled model on 127.0.0.1:8090)."""
     from vllm_service.api.app import create_app
+    from vllm_service.api.connections import GuardedHttpProtocol
 
     try:
         settings = _apply_cli(load_settings(config), host, port, model)
@@ -118,6 +119,8 @@ def serve(
             # The request log (observability.log_requests) already has a line per request.
             access_log=not (settings.observability.enabled and settings.observability.log_requests),
             timeout_graceful_shutdown=max(1, round(settings.server.shutdown_grace)),
+            http=GuardedHttpProtocol.bound(application.state.connection_guard),
+            timeout_keep_alive=settings.server.keep_alive_timeout,
         ),
         on_drain=lambda: setattr(application.state, "draining", True),
         drain_delay=settings.server.drain_delay,

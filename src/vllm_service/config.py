@@ -102,6 +102,28 @@ class LlamaCppOptions(_Strict):
         default=True,
         description="Reuse the KV cache of a shared prompt prefix (system prompt, earlier turns).",
     )
+    max_schema_bytes: int = Field(
+        default=64 * 1024, ge=64, description="Largest response_format JSON schema, in bytes."
+    )
+    max_schema_depth: int = Field(
+        default=32, ge=2, description="Deepest nesting of a response_format JSON schema."
+    )
+    max_schema_properties: int = Field(
+        default=256,
+        ge=1,
+        description="Most properties of one object in a response_format JSON schema.",
+    )
+    max_schema_repeat: int = Field(
+        default=256,
+        ge=1,
+        description="Largest minItems/maxItems/minLength/maxLength a response_format JSON "
+        "schema may ask for (bounds above max_model_len are dropped: no output reaches them).",
+    )
+    max_grammar_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest grammar a response_format may turn into, in bytes.",
+    )
 
     @model_validator(mode="after")
     def _budget_holds_all_sequences(self) -> LlamaCppOptions:
@@ -316,6 +338,24 @@ class ServerConfig(_Strict):
         default=DEFAULT_MAX_REQUEST_BODY_BYTES, ge=1024, description="Larger bodies get 413."
     )
     max_n: int = Field(default=16, ge=1, le=128, description="Largest 'n' (choices) accepted.")
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers (then 408 and close).",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest gap, in seconds, between the bytes of a request body (then close).",
+    )
+    keep_alive_timeout: int = Field(
+        default=5, ge=1, description="Seconds an idle keep-alive connection stays open."
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Open connections at most; one more is answered 503 and closed.",
+    )
     drain_delay: float = Field(
         default=0.0,
         ge=0,

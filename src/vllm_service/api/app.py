@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
+from fastapi_offline import FastAPIOffline
 from opentelemetry import trace
 from starlette.middleware.cors import CORSMiddleware
 
@@ -19,6 +20,7 @@ from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import configure_request_log
 from vllm_service.accounting.tracing import TRACER_NAME
 from vllm_service.api import openai, ops
+from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import BodySizeLimit, install_error_handlers
 from vllm_service.api.observe import Observe
 from vllm_service.config import ModelConfig, Settings
@@ -61,7 +63,9 @@ def create_app(
         "auto_configure": obs.enabled and obs.tracing,
     }
     otel.update(telemetry or {})
-    app = FastAPI(
+    # Swagger UI's assets come from the installed fastapi-offline package, not a CDN that an
+    # air-gapped deployment cannot reach.
+    app = FastAPIOffline(
         title="vllm-service",
         version=__version__,
         description="A self-hosted, OpenAI-compatible LLM service.",
@@ -74,6 +78,11 @@ def create_app(
     manager.tracer = tracer
     app.state.manager = manager
     app.state.server_config = settings.server
+    app.state.connection_guard = ConnectionGuard(
+        header_timeout=settings.server.header_timeout,
+        body_timeout=settings.server.body_timeout,
+        max_connections=settings.server.max_connections,
+    )
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(ops.router)

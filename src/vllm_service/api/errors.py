@@ -134,6 +134,18 @@ def _is_json(request: Request) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+#: FastAPI's detail when the body could not be decoded at all (e.g. nested too deeply).
+_BODY_PARSE_FAILED = "There was an error parsing the body"
+
+
+def _invalid_json() -> APIError:
+    return InvalidRequest(
+        "We could not parse the JSON body of your request. (HINT: This likely means you "
+        "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+        code="invalid_json",
+    )
+
+
 def _validation_error(exc: RequestValidationError, request: Request) -> APIError:
     if request.method == "POST" and not _is_json(request):
         shown = request.headers.get("content-type") or "none"
@@ -142,13 +154,12 @@ def _validation_error(exc: RequestValidationError, request: Request) -> APIError
             code="invalid_content_type",
         )
     errors = exc.errors()
+    # A value that fits no member of a union (content as a string or a list of parts) gets one
+    # error per member; the one saying what is wrong with the value beats "not a string".
+    errors = sorted(errors, key=lambda e: str(e.get("type", "")).endswith("_type"))
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":
-        return InvalidRequest(
-            "We could not parse the JSON body of your request. (HINT: This likely means you "
-            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-            code="invalid_json",
-        )
+        return _invalid_json()
     loc = tuple(first.get("loc", ()))
     if loc == ("body",) and first.get("type") in ("model_attributes_type", "dict_type"):
         return InvalidRequest("The request body must be a JSON object.", code="invalid_body")
@@ -182,6 +193,10 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         message = str(exc.detail) if exc.detail else "error"
         code = "request_too_large" if exc.status_code == 413 else None
+        if exc.status_code == 400 and message == _BODY_PARSE_FAILED:
+            # JSON that the parser gives up on (nesting too deep): the same answer as any other
+            # unparsable body.
+            return _json(_invalid_json())
         if exc.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}."
         headers = dict(exc.headers) if exc.headers else None

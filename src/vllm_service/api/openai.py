@@ -107,6 +107,8 @@ def _resolve(request: Request, manager: ModelManager, model: str) -> ServedModel
 
 
 def _check_common(body: SamplingFields, server: ServerConfig) -> None:
+    if body.model_extra and logger.isEnabledFor(logging.DEBUG):
+        logger.debug("ignored request fields: %s", ", ".join(sorted(body.model_extra)))
     if body.n > server.max_n:
         raise InvalidRequest(
             f"Invalid value for 'n': at most {server.max_n} choices are allowed, got {body.n}.",
@@ -129,14 +131,14 @@ def _sampling(
     json_schema: str | None = None,
 ) -> SamplingParams:
     # Knobs left out stay None: the engine applies the model's recommended values.
-    seed = None if body.seed is None else body.seed + choice
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=None if body.top_k is None else max(0, body.top_k),
         min_p=body.min_p,
-        seed=seed,
+        seed=body.seed,
+        choice=choice,
         stop=body.stop_list(),
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,

@@ -11,13 +11,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from vllm_service import __version__
 from vllm_service.accounting.latency import LatencyWindow
 from vllm_service.accounting.metrics import Metrics
+from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.openai import Manager
 
 router = APIRouter(tags=["ops"])
 
 
 @router.get("/health")
-async def health(manager: Manager) -> JSONResponse:
+async def health(request: Request, manager: Manager) -> JSONResponse:
     """Liveness: the process is up; reports each engine's state and device (503 if one failed)."""
     engines = await manager.health()
     failed = manager.startup_error is not None or any(h.state == "failed" for h in engines.values())
@@ -34,6 +35,9 @@ async def health(manager: Manager) -> JSONResponse:
             body["engines"][deployment.id]["sampling_defaults"] = cards[
                 0
             ].sampling_defaults.as_dict()
+    guard: ConnectionGuard | None = getattr(request.app.state, "connection_guard", None)
+    if guard is not None:
+        body["http"] = dict(guard.counts)
     if manager.cache is not None:
         await manager.cache.ping()
         body["cache"] = manager.cache.health()

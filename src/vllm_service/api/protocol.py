@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 #: Longest single string accepted anywhere in a request (the body limit bounds the total).
 MAX_STRING_CHARS = 1_000_000
@@ -29,18 +37,27 @@ def _check_text(value: str) -> str:
         raise ValueError("must not contain NUL characters")
     if len(value) > MAX_STRING_CHARS:
         raise ValueError(f"is longer than {MAX_STRING_CHARS} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON allows "\ud800" escapes (and Python decodes raw ones so), but no UTF-8
+            # text, tokenizer or model can hold half of a surrogate pair.
+            raise ValueError("must not contain lone UTF-16 surrogates (invalid Unicode)") from None
     return value
 
 
 class OpenAIBaseModel(BaseModel):
     """Base of request schemas: unknown fields are accepted and ignored, as OpenAI clients
-    send newer parameters freely; known-but-unsupported ones are rejected by name."""
+    send newer parameters freely (logged at debug level); known-but-unsupported ones are
+    rejected by name. Numbers are what JSON says they are: no NaN or infinity, and an integer
+    parameter takes only integers (not "5", 5.0 or true), as OpenAI's API does."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class TextContentPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["text"]
     text: str
 
@@ -54,7 +71,7 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextContentPart] | None = None
+    content: str | Annotated[list[TextContentPart], Field(min_length=1)] | None = None
     name: str | None = None
 
     @field_validator("content")
@@ -112,13 +129,13 @@ class SamplingFields(OpenAIBaseModel):
     """Parameters shared by chat and text completions."""
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: Temperature | None = None
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: StrictInt | None = Field(default=None, ge=-1)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=128)
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    n: StrictInt = Field(default=1, ge=1, le=128)
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stop: StopParam | list[StopParam] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -176,9 +193,9 @@ class SamplingFields(OpenAIBaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     logprobs: StrictBool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
@@ -195,16 +212,16 @@ class CompletionRequest(SamplingFields):
     prompt: (
         Annotated[str, Field(max_length=MAX_STRING_CHARS)]
         | Annotated[list[str], Field(min_length=1, max_length=64)]
-        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
         | Annotated[
-            list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+            list[Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]],
             Field(min_length=1, max_length=64),
         ]
     )
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: StrictInt | None = Field(default=16, ge=1)
     echo: StrictBool = False
-    logprobs: int | None = Field(default=None, ge=0, le=5)
-    best_of: int | None = Field(default=None, ge=1, le=128)
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=5)
+    best_of: StrictInt | None = Field(default=None, ge=1, le=128)
     suffix: str | None = None
 
     @field_validator("prompt")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -45,7 +46,10 @@ class SamplingParams:
     top_p: float | None = None
     top_k: int | None = None
     min_p: float | None = None
+    #: The request's seed, as sent (any 64-bit integer); each choice derives its own from it.
     seed: int | None = None
+    #: Which of the request's choices this sequence is (n > 1): seeded choices differ.
+    choice: int = 0
     stop: tuple[str, ...] = ()
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -111,6 +115,14 @@ class SamplingDefaults:
 
     def as_dict(self) -> dict[str, dict[str, float | str]]:
         return {knob: {"value": d.value, "source": d.source} for knob, d in self.values}
+
+
+def choice_seed(seed: int, choice: int) -> int:
+    """A 63-bit seed for one choice of a seeded request, by hashing (seed, choice): equal
+    requests get equal seeds, a request's choices get different ones, and distinct seeds
+    collide only by chance (never by truncation: -1 and 2**32 - 1 differ)."""
+    digest = hashlib.blake2b(f"{seed}/{choice}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,21 +251,32 @@ class InvalidRequestError(EngineError):
 class ContextLengthExceededError(InvalidRequestError):
     """Prompt plus requested completion do not fit the model's context."""
 
-    def __init__(self, *, max_model_len: int, prompt_tokens: int, max_tokens: int | None):
+    def __init__(
+        self,
+        *,
+        max_model_len: int,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        at_least: bool = False,
+        param: str = "messages",
+    ):
         requested = prompt_tokens + (max_tokens or 0)
+        # A prompt refused before it was tokenized has a lower bound, not a count.
+        some = "at least " if at_least else ""
         if max_tokens is None:
             message = (
                 f"This model's maximum context length is {max_model_len} tokens. However, your "
-                f"prompt has {prompt_tokens} tokens, which leaves no room for a completion. "
-                "Please reduce the length of the prompt."
+                f"prompt has {some}{prompt_tokens} tokens, which leaves no room for a "
+                "completion. Please reduce the length of the prompt."
             )
         else:
             message = (
                 f"This model's maximum context length is {max_model_len} tokens. However, you "
-                f"requested {requested} tokens ({prompt_tokens} in the prompt, {max_tokens} for "
-                "the completion). Please reduce the length of the prompt or max_tokens."
+                f"requested {some}{requested} tokens ({some}{prompt_tokens} in the prompt, "
+                f"{max_tokens} for the completion). Please reduce the length of the prompt or "
+                "max_tokens."
             )
-        super().__init__(message, param="messages", code="context_length_exceeded")
+        super().__init__(message, param=param, code="context_length_exceeded")
         self.max_model_len = max_model_len
         self.prompt_tokens = prompt_tokens
 

@@ -41,6 +41,7 @@ from vllm_service.engine.base import (
     TokenDelta,
     UpstreamProtocolError,
     Usage,
+    choice_seed,
 )
 
 #: Longest Retry-After honoured from an upstream (seconds).
@@ -128,7 +129,9 @@ def _payload(req: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
     if s.max_tokens is not None:
         body["max_tokens"] = s.max_tokens
     if s.seed is not None:
-        body["seed"] = s.seed
+        # One upstream request per choice: the first keeps the client's seed, the others
+        # derive theirs so that the choices differ.
+        body["seed"] = s.seed if s.choice == 0 else choice_seed(s.seed, s.choice)
     if s.stop:
         body["stop"] = list(s.stop)
     if s.logit_bias:

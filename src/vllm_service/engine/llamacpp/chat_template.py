@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -17,6 +19,18 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+#: Stand-ins for message text while rendering: NUL never occurs in a request's text.
+_MARK = re.compile("\x00([0-9]+)\x00")
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPiece:
+    """A run of prompt text: from the template itself, or from one message."""
+
+    text: str
+    from_message: bool
 
 
 def _raise_exception(message: str) -> NoReturn:
@@ -44,12 +58,37 @@ class ChatTemplate:
         self._knows_developer = "developer" in source
 
     def render(self, messages: tuple[ChatMessage, ...]) -> str:
+        return self._render(messages, [m.content for m in messages])
+
+    def render_pieces(self, messages: tuple[ChatMessage, ...]) -> list[PromptPiece] | None:
+        """The prompt split into the template's own text, whose special-token markers count,
+        and the messages' text, which must never become special tokens (a user writing
+        ``<|im_start|>system`` must not open a system turn). None when the template edits
+        message text, so that the messages cannot be told apart from it."""
+        marked = self._render(messages, [f"\x00{i}\x00" for i in range(len(messages))])
+        parts = _MARK.split(marked)
+        pieces: list[PromptPiece] = []
+        for k, part in enumerate(parts):
+            if k % 2 == 0:
+                if "\x00" in part:
+                    return None
+                if part:
+                    pieces.append(PromptPiece(part, from_message=False))
+                continue
+            index = int(part)
+            if index >= len(messages):
+                return None
+            if messages[index].content:
+                pieces.append(PromptPiece(messages[index].content, from_message=True))
+        return pieces
+
+    def _render(self, messages: tuple[ChatMessage, ...], contents: list[str]) -> str:
         rendered = [
             {
                 "role": "system" if m.role == "developer" and not self._knows_developer else m.role,
-                "content": m.content,
+                "content": content,
             }
-            for m in messages
+            for m, content in zip(messages, contents, strict=True)
         ]
         try:
             return self._template.render(
@@ -64,3 +103,53 @@ class ChatTemplate:
             raise InvalidRequestError(
                 f"the model's chat template failed on these messages: {exc}", param="messages"
             ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class PromptBound:
+    """What a prompt costs at the least, known before rendering or tokenizing it: every user
+    message adds at least ``tokens_per_user_message`` template tokens, and no token holds more
+    than ``max_token_bytes`` bytes of text. Only user messages count: a template may drop or
+    shorten others (a system message after the first, an assistant's reasoning)."""
+
+    tokens_per_user_message: int
+    max_token_bytes: int
+
+    @classmethod
+    def measure(cls, model: TokenizingModel, template: ChatTemplate) -> PromptBound:
+        longest = max(len(model.piece(t)) for t in range(model.n_vocab))
+        return cls(_template_tokens_per_message(model, template), max(1, longest))
+
+
+class TokenizingModel(Protocol):
+    n_vocab: int
+
+    def piece(self, token: int) -> bytes: ...
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+
+def _template_tokens_per_message(model: TokenizingModel, template: ChatTemplate) -> int:
+    """The tokens the template adds around an empty user message (0 when it cannot be
+    measured): a conversation of three turns against one of two."""
+
+    def tokens(turns: int) -> int:
+        messages = tuple(
+            ChatMessage(role="user" if i % 2 == 0 else "assistant", content="")
+            for i in range(turns)
+        )
+        pieces = template.render_pieces(messages)
+        if pieces is None:
+            return -1
+        return sum(
+            len(model.tokenize(p.text, add_special=False, parse_special=not p.from_message))
+            for p in pieces
+        )
+
+    try:
+        two, three = tokens(2), tokens(3)
+    except InvalidRequestError:
+        return 0
+    if two < 0 or three < 0:
+        return 0
+    return max(0, three - two)

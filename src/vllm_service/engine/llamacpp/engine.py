@@ -23,8 +23,9 @@ from vllm_service.engine.base import (
     SamplingDefaults,
     TokenDelta,
 )
-from vllm_service.engine.llamacpp.chat_template import CHATML_TEMPLATE, ChatTemplate
+from vllm_service.engine.llamacpp.chat_template import CHATML_TEMPLATE, ChatTemplate, PromptBound
 from vllm_service.engine.llamacpp.device import DevicePlacement, place
+from vllm_service.engine.llamacpp.grammar import GrammarBuilder, SchemaLimits
 from vllm_service.engine.llamacpp.model import LlamaModel, gpu_offload_supported
 from vllm_service.engine.llamacpp.model_files import (
     BUNDLED_SAMPLING,
@@ -75,6 +76,17 @@ class LlamaCppEngine:
             options, gpu_offload_supported=gpu_offload_supported()
         )
         self._model: LlamaModel | None = None
+        self._prompt_bound: PromptBound | None = None
+        self._grammars = GrammarBuilder(
+            SchemaLimits(
+                max_bytes=options.max_schema_bytes,
+                max_depth=options.max_schema_depth,
+                max_properties=options.max_schema_properties,
+                max_repeat=options.max_schema_repeat,
+                max_grammar_bytes=options.max_grammar_bytes,
+                max_tokens=options.max_model_len,
+            )
+        )
         self._scheduler: Scheduler | None = None
         self._template: ChatTemplate | None = None
         self._state: EngineState = "starting"
@@ -113,6 +125,7 @@ class LlamaCppEngine:
             bos_token=model.special_text(model.bos_id),
             eos_token=model.special_text(model.eos_id),
         )
+        self._prompt_bound = PromptBound.measure(model, self._template)
         scheduler = Scheduler(
             model,
             n_threads=self.placement.n_threads,
@@ -161,6 +174,9 @@ class LlamaCppEngine:
         }
         if self._scheduler is not None:
             detail.update(dataclasses.asdict(self._scheduler.stats()))
+        detail["grammar_conversions"] = self._grammars.conversions
+        detail["grammar_cache_hits"] = self._grammars.cache_hits
+        detail["grammar_refusals"] = self._grammars.refused
         return EngineHealth(
             state=self._state,
             device=self.placement.device,
@@ -171,11 +187,44 @@ class LlamaCppEngine:
         if req.prompt_token_ids is not None:
             return list(req.prompt_token_ids)
         if req.messages is not None:
-            assert self._template is not None
-            text = self._template.render(req.messages)
-            # The template writes BOS itself when the model wants one.
-            return model.tokenize(text, add_special=False, parse_special=True)
+            return self._chat_tokens(model, req)
         return model.tokenize(req.prompt or "", add_special=True, parse_special=False)
+
+    def _chat_tokens(self, model: LlamaModel, req: GenerationRequest) -> list[int]:
+        """The chat prompt's tokens: the template's markers as special tokens, the messages'
+        text as plain text. The template writes BOS itself when the model wants one. Stops
+        as soon as the prompt cannot fit, so that a flood of messages costs what fits."""
+        assert self._template is not None
+        assert req.messages is not None
+        messages = req.messages
+        room = self.options.max_model_len - (req.sampling.max_tokens or 1)
+        pieces = self._template.render_pieces(messages)
+        if pieces is not None:
+            tokens: list[int] = []
+            for piece in pieces:
+                tokens += model.tokenize(
+                    piece.text, add_special=False, parse_special=not piece.from_message
+                )
+                if len(tokens) > room:
+                    raise ContextLengthExceededError(
+                        max_model_len=self.options.max_model_len,
+                        prompt_tokens=len(tokens),
+                        max_tokens=req.sampling.max_tokens,
+                        at_least=True,
+                    )
+            return tokens
+        # A template that edits message text: its output is tokenized whole, which is safe
+        # only while no message holds the text of a control token.
+        for index, message in enumerate(messages):
+            special = model.tokenize(message.content, add_special=False, parse_special=True)
+            if any(model.is_control(t) for t in special):
+                raise InvalidRequestError(
+                    f"messages[{index}] contains a control token of this model's chat format, "
+                    "which its chat template cannot keep as plain text",
+                    param=f"messages.{index}.content",
+                )
+        text = self._template.render(messages)
+        return model.tokenize(text, add_special=False, parse_special=True)
 
     def _check(self, model: LlamaModel, req: GenerationRequest, prompt: list[int]) -> int:
         """Validate against the model; returns the completion budget."""
@@ -189,7 +238,10 @@ class LlamaCppEngine:
             )
         if len(prompt) + (wanted or 1) > limit:
             raise ContextLengthExceededError(
-                max_model_len=limit, prompt_tokens=len(prompt), max_tokens=wanted
+                max_model_len=limit,
+                prompt_tokens=len(prompt),
+                max_tokens=wanted,
+                param="messages" if req.messages is not None else "prompt",
             )
         for token, _ in req.sampling.logit_bias:
             if token >= model.n_vocab:
@@ -204,10 +256,34 @@ class LlamaCppEngine:
         model = self._model
         if model is None:
             raise EngineUnavailableError("the model is not loaded yet", retry_after=1.0)
+        self._check_lower_bound(req)
         prompt = self._prompt_tokens(model, req)
         max_tokens = self._check(model, req, prompt)
-        sampler = SamplerChain(model, req.sampling, penalty_window=max_tokens)
+        grammar = self._grammars.for_params(req.sampling)
+        sampler = SamplerChain(model, req.sampling, penalty_window=max_tokens, grammar=grammar)
         return prompt, max_tokens, sampler
+
+    def _check_lower_bound(self, req: GenerationRequest) -> None:
+        """Refuse a prompt that cannot fit before rendering or tokenizing it: its size in bytes
+        and its message count give a lower bound on its tokens, at O(messages) cost."""
+        bound = self._prompt_bound
+        if bound is None or req.prompt_token_ids is not None:
+            return
+        if req.messages is not None:
+            users = [m for m in req.messages if m.role == "user"]
+            size = sum(len(m.content.encode()) for m in users)
+            least = len(users) * bound.tokens_per_user_message + size // bound.max_token_bytes
+        else:
+            least = len((req.prompt or "").encode()) // bound.max_token_bytes
+        wanted = req.sampling.max_tokens
+        if least + (wanted or 1) > self.options.max_model_len:
+            raise ContextLengthExceededError(
+                max_model_len=self.options.max_model_len,
+                prompt_tokens=least,
+                max_tokens=wanted,
+                at_least=True,
+                param="messages" if req.messages is not None else "prompt",
+            )
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
         scheduler = self._scheduler

@@ -143,14 +143,22 @@ class LlamaModel:
         self._piece_cache[token] = piece
         return piece
 
-    def token_text(self, token: int) -> str:
-        """A token as text for logprobs (special tokens shown by name)."""
+    def token_bytes(self, token: int) -> bytes:
+        """A token's own bytes for logprobs (special tokens spelled by name): part of a
+        UTF-8 character when the token is, as OpenAI's ``bytes`` field reports it."""
         buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, True)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, True)
-        return buf.raw[:n].decode("utf-8", errors="replace")
+        return buf.raw[:n]
+
+    def token_text(self, token: int) -> str:
+        """A token as text for logprobs (special tokens shown by name)."""
+        return self.token_bytes(token).decode("utf-8", errors="replace")
+
+    def is_control(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_control(self._vocab, token))
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))

@@ -8,7 +8,6 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from vllm_service.engine.base import (
     InvalidRequestError,
@@ -16,6 +15,7 @@ from vllm_service.engine.base import (
     SamplingParams,
     TokenLogprob,
     TopLogprob,
+    choice_seed,
 )
 from vllm_service.engine.llamacpp.model import LlamaModel
 
@@ -34,48 +34,30 @@ NEUTRAL_SAMPLING: dict[str, float | None] = {
 _RANDOM_SEED = 0xFFFFFFFF
 
 
-def grammar_for_json_object() -> str:
-    """GBNF accepting any JSON object (``response_format: json_object``)."""
-    # llama.cpp's JSON grammar is rooted at 'object', as OpenAI's JSON mode promises.
-    return str(JSON_GBNF)
-
-
-def grammar_for_json_schema(schema: str) -> str:
-    """GBNF accepting exactly the JSON documents valid under ``schema`` (JSON text)."""
-    try:
-        return str(json_schema_to_gbnf(schema))
-    except Exception as exc:  # the converter raises bare Exceptions on unsupported schemas
-        raise InvalidRequestError(
-            f"response_format.json_schema is not supported: {exc}",
-            param="response_format",
-        ) from exc
-
-
-def grammar_for(params: SamplingParams) -> str | None:
-    """The GBNF grammar a request's response format needs, if any."""
-    if params.json_schema is not None:
-        return grammar_for_json_schema(params.json_schema)
-    if params.json_object:
-        return grammar_for_json_object()
-    return None
-
-
-def request_seed(seed: int | None) -> int:
-    """A 32-bit seed for llama.cpp's dist sampler: the request's own, or a random one."""
+def request_seed(seed: int | None, choice: int = 0) -> int:
+    """A 32-bit seed for llama.cpp's dist sampler: derived from the request's seed and the
+    choice's index, or a random one."""
     if seed is None:
         return random.getrandbits(32) % _RANDOM_SEED
-    return (seed & 0xFFFFFFFF) % _RANDOM_SEED
+    return (choice_seed(seed, choice) & 0xFFFFFFFF) % _RANDOM_SEED
 
 
 class SamplerChain:
     """A sequence's own llama.cpp sampler chain; freed exactly once."""
 
-    def __init__(self, model: LlamaModel, params: SamplingParams, *, penalty_window: int) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        params: SamplingParams,
+        *,
+        penalty_window: int,
+        grammar: str | None = None,
+    ) -> None:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._chain: Any = llama_cpp.llama_sampler_chain_init(chain_params)
         try:
-            self._build(model, params, penalty_window)
+            self._build(model, params, penalty_window, grammar)
         except BaseException:
             self.free()
             raise
@@ -83,8 +65,13 @@ class SamplerChain:
     def _add(self, sampler: Any) -> None:
         llama_cpp.llama_sampler_chain_add(self._chain, sampler)
 
-    def _build(self, model: LlamaModel, params: SamplingParams, penalty_window: int) -> None:
-        grammar_text = grammar_for(params)
+    def _build(
+        self,
+        model: LlamaModel,
+        params: SamplingParams,
+        penalty_window: int,
+        grammar_text: str | None,
+    ) -> None:
         if grammar_text is not None:
             grammar = llama_cpp.llama_sampler_init_grammar(
                 model.vocab, grammar_text.encode(), b"root"
@@ -127,7 +114,7 @@ class SamplerChain:
             self._add(llama_cpp.llama_sampler_init_top_p(knobs.top_p, 1))
         if knobs.min_p > 0.0:
             self._add(llama_cpp.llama_sampler_init_min_p(knobs.min_p, 1))
-        self._add(llama_cpp.llama_sampler_init_dist(request_seed(params.seed)))
+        self._add(llama_cpp.llama_sampler_init_dist(request_seed(params.seed, params.choice)))
 
     def sample(self, ctx: Any, batch_index: int) -> int:
         """Pick (and accept into the chain's state) the next token from one output row."""
@@ -153,15 +140,17 @@ def token_logprob(
     if n_top > 0:
         best = np.argpartition(logits, -n_top)[-n_top:]
         best = best[np.argsort(logits[best])[::-1]]
-        texts = [(model.token_text(int(t)), float(logits[t])) for t in best]
         top = tuple(
-            TopLogprob(token=text, logprob=value - log_norm, token_bytes=text.encode("utf-8"))
-            for text, value in texts
+            TopLogprob(
+                token=model.token_text(int(t)),
+                logprob=float(logits[t]) - log_norm,
+                token_bytes=model.token_bytes(int(t)),
+            )
+            for t in best
         )
-    text = model.token_text(token)
     return TokenLogprob(
-        token=text,
+        token=model.token_text(token),
         logprob=float(logits[token]) - log_norm,
-        token_bytes=text.encode("utf-8"),
+        token_bytes=model.token_bytes(token),
         top=top,
     )
