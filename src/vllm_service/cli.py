@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +101,11 @@ def serve(
     except Exception as exc:
         typer.echo(f"error: invalid configuration: {exc}", err=True)
         raise typer.Exit(code=2) from exc
+    # Python's output goes to its own copy of stderr: the engine points descriptor 2 at a file
+    # while llama.cpp loads a model (engine/llamacpp/native_log.py). Native crashes print a
+    # stack there too, instead of dying without a word.
+    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    faulthandler.enable(file=sys.stderr)
     logging.basicConfig(
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -105,8 +113,14 @@ def serve(
     # httpx2 (health checks of managed engine processes) logs every request at INFO.
     for name in ("httpx2", "httpcore2"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    fatal: list[BaseException] = []
+
+    def stop_for_good(exc: BaseException) -> None:
+        fatal.append(exc)
+        server.should_exit = True
+
     try:
-        application = create_app(settings)
+        application = create_app(settings, on_fatal=stop_for_good)
     except Exception as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
@@ -129,6 +143,9 @@ def serve(
     # clean exit 0 rather than death by signal.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     server.run()
+    if fatal:
+        typer.echo(f"error: no model could be loaded: {fatal[0]}", err=True)
+        raise typer.Exit(code=1)
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

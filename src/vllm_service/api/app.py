@@ -32,18 +32,29 @@ def create_app(
     settings: Settings,
     engine_factory: Callable[[ModelConfig], Engine] = build_engine,
     telemetry: TelemetryConfig | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """Build the app; engines are constructed (and their config checked) here, loaded later.
 
     ``telemetry`` overrides FastAPI's OpenTelemetry settings (tests pass their own provider).
+    ``on_fatal`` is called when no deployment at all could start: nothing could ever be
+    served (`serve` then exits non-zero). With some deployments up, the failure stays on
+    /health and /ready instead.
     """
     cache = ResponseCache(settings.cache) if settings.cache.enabled else None
     manager = ModelManager(settings.models, engine_factory, cache=cache)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def load() -> None:
+            await manager.start()
+            if manager.startup_error is not None and on_fatal is not None:
+                states = await manager.health()
+                if not any(h.ready for h in states.values()):
+                    on_fatal(manager.startup_error)
+
         # Load in the background so /health answers and /ready says 503 while weights load.
-        loading = asyncio.create_task(manager.start())
+        loading = asyncio.create_task(load())
         try:
             yield
         finally:

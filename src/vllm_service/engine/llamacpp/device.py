@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from vllm_service.config import Device, LlamaCppOptions
 
@@ -71,3 +72,24 @@ def place(options: LlamaCppOptions, *, gpu_offload_supported: bool) -> DevicePla
     return DevicePlacement(
         device=device, n_gpu_layers=layers, n_threads=options.n_threads or usable_cpus()
     )
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the kernel can give this process without swapping (Linux MemAvailable, capped
+    by a cgroup limit); None where it cannot be read."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    available = None
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return available
+    if limit.isdigit() and available is not None:
+        return min(available, int(limit) - used)
+    return available

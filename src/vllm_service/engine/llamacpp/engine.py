@@ -24,9 +24,9 @@ from vllm_service.engine.base import (
     TokenDelta,
 )
 from vllm_service.engine.llamacpp.chat_template import CHATML_TEMPLATE, ChatTemplate, PromptBound
-from vllm_service.engine.llamacpp.device import DevicePlacement, place
+from vllm_service.engine.llamacpp.device import DevicePlacement, available_memory_bytes, place
 from vllm_service.engine.llamacpp.grammar import GrammarBuilder, SchemaLimits
-from vllm_service.engine.llamacpp.model import LlamaModel, gpu_offload_supported
+from vllm_service.engine.llamacpp.model import LlamaModel, ModelLoadError, gpu_offload_supported
 from vllm_service.engine.llamacpp.model_files import (
     BUNDLED_SAMPLING,
     BUNDLED_SAMPLING_SOURCE,
@@ -34,6 +34,7 @@ from vllm_service.engine.llamacpp.model_files import (
     BUNDLED_TUNING_SOURCE,
     resolve_model_path,
 )
+from vllm_service.engine.llamacpp.native_log import NativeOutput, native_stderr_captured
 from vllm_service.engine.llamacpp.sampling import NEUTRAL_SAMPLING, SamplerChain
 from vllm_service.engine.llamacpp.scheduler import Post, Scheduler, Sequence
 from vllm_service.engine.llamacpp.text_output import TextOutput
@@ -97,7 +98,7 @@ class LlamaCppEngine:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self._load, loop.call_soon_threadsafe)
+            await asyncio.to_thread(self._load_quietly, loop.call_soon_threadsafe)
         except BaseException:
             self._state = "failed"
             raise
@@ -115,6 +116,35 @@ class LlamaCppEngine:
             ("openai default", NEUTRAL_SAMPLING),
         )
 
+    def _load_quietly(self, post: Post) -> None:
+        """Load with llama.cpp's output captured: logged at debug level, and the reason given
+        in the error when the load fails."""
+        native = NativeOutput()
+        try:
+            with native_stderr_captured() as native:
+                self._load(post)
+        except Exception as exc:
+            said = native.errors()
+            detail = f" (llama.cpp: {said})" if said else ""
+            raise ModelLoadError(f"{self.model_path.name}: {exc}{detail}") from exc
+
+    def _check_kv_fits(self, model: LlamaModel) -> None:
+        """On the CPU, refuse a KV cache larger than the memory available: llama.cpp would
+        allocate it (the kernel overcommits) and the process would be killed when it is
+        touched. A GPU allocation fails cleanly by itself."""
+        if self.placement.device != "cpu":
+            return
+        cells = self.options.max_model_len * self.options.max_num_seqs
+        needed = model.kv_cache_bytes(cells)
+        available = available_memory_bytes()
+        if available is not None and needed > available:
+            gib = 1024**3
+            raise ModelLoadError(
+                f"the KV cache for max_model_len {self.options.max_model_len} x max_num_seqs "
+                f"{self.options.max_num_seqs} needs {needed / gib:.1f} GiB, more than the "
+                f"{available / gib:.1f} GiB of memory available: lower either"
+            )
+
     def _load(self, post: Post) -> None:
         model = LlamaModel(self.model_path, self.placement)
         self._model = model
@@ -126,6 +156,7 @@ class LlamaCppEngine:
             eos_token=model.special_text(model.eos_id),
         )
         self._prompt_bound = PromptBound.measure(model, self._template)
+        self._check_kv_fits(model)
         scheduler = Scheduler(
             model,
             n_threads=self.placement.n_threads,

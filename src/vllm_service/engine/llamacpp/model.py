@@ -11,6 +11,7 @@ from typing import Any
 import llama_cpp
 
 from vllm_service.engine.llamacpp.device import DevicePlacement
+from vllm_service.engine.llamacpp.native_log import use_default_log
 
 #: Sampling knob -> the GGUF metadata key where a model file recommends its value.
 GGUF_SAMPLING_KEYS = {
@@ -25,21 +26,13 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
-def _silence_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    # llama.cpp logs every tensor at load; the service reports what matters itself.
-    return None
-
-
-# Kept at module level so ctypes never frees the callback while C still holds it.
-_LOG_CALLBACK = llama_cpp.llama_log_callback(_silence_llama_log)
-
-
 def ensure_backend() -> None:
     """Initialise llama.cpp's backends once per process."""
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
-            llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+            # No Python callback for C to call from its own threads (native_log.py).
+            use_default_log()
             llama_cpp.llama_backend_init()
             _backend_ready = True
 
@@ -95,6 +88,14 @@ class LlamaModel:
             if n < size:
                 return buf.value.decode("utf-8", errors="replace")
             size = n + 1
+
+    def kv_cache_bytes(self, cells: int) -> int:
+        """Bytes of an f16 KV cache holding ``cells`` tokens (keys and values, every layer)."""
+        n_head = max(1, llama_cpp.llama_model_n_head(self._model))
+        head_dim = llama_cpp.llama_model_n_embd(self._model) // n_head
+        kv_width = head_dim * llama_cpp.llama_model_n_head_kv(self._model)
+        n_layer = int(llama_cpp.llama_model_n_layer(self._model))
+        return cells * n_layer * 2 * int(kv_width) * 2
 
     def chat_template(self) -> str | None:
         return self.metadata("tokenizer.chat_template")
