@@ -7,6 +7,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
+from vllm_service.accounting.usage import UsageTally
 from vllm_service.engine.base import Timing, TokenDelta
 
 logger = logging.getLogger("vllm_service.requests")
@@ -55,15 +56,16 @@ class RequestRecord:
     finished_choices: int = 0
     #: The engine's timing of each finished choice (for trace spans).
     timings: list[Timing] = field(default_factory=list)
+    usage: UsageTally = field(default_factory=UsageTally)
 
-    def add_final(self, delta: TokenDelta) -> None:
+    def add_final(self, choice: int, delta: TokenDelta) -> None:
         """Account one choice's final delta (usage, and the engine's own timing)."""
         self.finished_choices += 1
         if delta.usage is not None:
-            # Every choice of a request shares its prompt; completions add up.
-            self.prompt_tokens = delta.usage.prompt_tokens
-            self.cached_tokens = max(self.cached_tokens, delta.usage.cached_tokens)
-            self.completion_tokens += delta.usage.completion_tokens
+            self.usage.add(choice, delta.usage)
+            self.prompt_tokens = self.usage.prompt_tokens
+            self.cached_tokens = self.usage.cached_tokens
+            self.completion_tokens = self.usage.completion_tokens
         if delta.timing is not None:
             self.timings.append(delta.timing)
             if self.queue_time is None:

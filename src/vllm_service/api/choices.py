@@ -24,11 +24,11 @@ class ChoiceStreams:
     def __init__(
         self,
         streams: Sequence[AsyncIterator[TokenDelta]],
-        on_final: Callable[[TokenDelta], None] | None = None,
+        on_final: Callable[[int, TokenDelta], None] | None = None,
     ) -> None:
         self._streams = list(streams)
         self._first: list[TokenDelta] = []
-        #: Called with each choice's final delta (usage, timing) as it passes.
+        #: Called with each choice's index and final delta (usage, timing) as it passes.
         self._on_final = on_final
 
     async def prime(self) -> None:
@@ -61,7 +61,7 @@ class ChoiceStreams:
         """Deltas of all choices in arrival order; engine errors propagate."""
         async for index, delta in self._merged():
             if delta.finish_reason is not None and self._on_final is not None:
-                self._on_final(delta)
+                self._on_final(index, delta)
             yield index, delta
 
     async def _merged(self) -> AsyncIterator[tuple[int, TokenDelta]]:

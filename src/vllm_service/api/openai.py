@@ -16,6 +16,7 @@ from opentelemetry import trace
 from pydantic import BaseModel
 
 from vllm_service import __version__
+from vllm_service.accounting.usage import UsageTally
 from vllm_service.api.choices import ChoiceStreams
 from vllm_service.api.disconnect import until_disconnected
 from vllm_service.api.errors import (
@@ -178,6 +179,7 @@ async def _start(
     requests: list[GenerationRequest],
     *,
     stream: bool,
+    choices_per_prompt: int | None = None,
 ) -> tuple[ChoiceStreams, dict[str, str], ServerTiming | None]:
     """Start every choice; returns the streams, the routing headers of the response, and the
     collector of its Server-Timing value when the client asked for one."""
@@ -186,6 +188,7 @@ async def _start(
     rec = record_of(request)
     if rec is not None:
         rec.model, rec.device, rec.stream = served.config.name, manager.device(served), stream
+        rec.usage.choices_per_prompt = choices_per_prompt
     control = CacheControl.from_header(request.headers.get("cache-control"))
     group = object()
     routes = [Route(group=group) for _ in requests]
@@ -193,9 +196,9 @@ async def _start(
     if wants_timing(request):
         timing = ServerTiming(routes, rec.started if rec is not None else time.monotonic())
 
-    def on_final(delta: TokenDelta) -> None:
+    def on_final(choice: int, delta: TokenDelta) -> None:
         if rec is not None:
-            rec.add_final(delta)
+            rec.add_final(choice, delta)
         if timing is not None:
             timing.add_final(delta)
 
@@ -215,12 +218,12 @@ async def _start(
     return streams, headers, timing
 
 
-def _usage(prompt_tokens: int, completion_tokens: int, cached: int) -> UsageInfo:
+def _usage(tally: UsageTally) -> UsageInfo:
     return UsageInfo(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        prompt_tokens=tally.prompt_tokens,
+        completion_tokens=tally.completion_tokens,
+        total_tokens=tally.prompt_tokens + tally.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=tally.cached_tokens),
     )
 
 
@@ -316,8 +319,8 @@ async def _collect(
 # -- /v1/models -------------------------------------------------------------------------------
 
 
-@router.get("/models", response_model=ModelList)
-async def list_models(manager: Manager) -> ModelList:
+def _model_objects(manager: ModelManager) -> list[ModelObject]:
+    """Every name a model answers to (its own and its aliases), as OpenAI lists models."""
     data: list[ModelObject] = []
     for served in manager.served:
         for card in served.engine.models():
@@ -335,7 +338,25 @@ async def list_models(manager: Manager) -> ModelList:
                         },
                     )
                 )
-    return ModelList(data=data)
+    return data
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(manager: Manager) -> ModelList:
+    return ModelList(data=_model_objects(manager))
+
+
+@router.get(
+    "/models/{model_id:path}",
+    response_model=ModelObject,
+    responses={404: _ERRORS[404]},
+)
+async def retrieve_model(model_id: str, manager: Manager) -> ModelObject:
+    """One model by its name or alias (OpenAI's models.retrieve); ids may contain '/'."""
+    for model in _model_objects(manager):
+        if model.id == model_id:
+            return model
+    raise ModelNotFound(model_id)
 
 
 # -- /v1/chat/completions ---------------------------------------------------------------------
@@ -418,13 +439,11 @@ async def create_chat_completion(
     if timing is not None:
         route_headers["Server-Timing"] = timing.value()
     choices = []
-    prompt_tokens = completion_tokens = cached = 0
+    tally = UsageTally()
     for i, final in enumerate(finals):
         assert final.usage is not None
         assert final.finish_reason is not None
-        prompt_tokens = final.usage.prompt_tokens
-        cached = max(cached, final.usage.cached_tokens)
-        completion_tokens += final.usage.completion_tokens
+        tally.add(i, final.usage)
         choices.append(
             ChatChoice(
                 index=i,
@@ -438,7 +457,7 @@ async def create_chat_completion(
         created=created,
         model=body.model,
         choices=choices,
-        usage=_usage(prompt_tokens, completion_tokens, cached),
+        usage=_usage(tally),
         system_fingerprint=SYSTEM_FINGERPRINT,
     )
     return _json(answer, route_headers)
@@ -471,7 +490,7 @@ async def _chat_stream(
                 ]
             )
         )
-    prompt_tokens = completion_tokens = cached = 0
+    tally = UsageTally()
     try:
         async for index, delta in streams.merged():
             logprobs = _chat_logprobs(list(delta.logprobs)).model_dump() if body.logprobs else None
@@ -493,9 +512,7 @@ async def _chat_stream(
                     yield pending.take()
                 continue
             if delta.usage is not None:
-                prompt_tokens = delta.usage.prompt_tokens
-                cached = max(cached, delta.usage.cached_tokens)
-                completion_tokens += delta.usage.completion_tokens
+                tally.add(index, delta.usage)
             pending.add(
                 chunk(
                     [
@@ -512,7 +529,7 @@ async def _chat_stream(
         pending.add(_stream_error(exc))
         yield pending.take()
         return
-    usage = chunk([], _usage(prompt_tokens, completion_tokens, cached)) if include_usage else None
+    usage = chunk([], _usage(tally)) if include_usage else None
     yield _stream_end(pending, usage, timing)
 
 
@@ -575,7 +592,7 @@ async def create_completion(
                 )
             )
     streams, route_headers, timing = await _start(
-        request, manager, served, requests, stream=body.stream
+        request, manager, served, requests, stream=body.stream, choices_per_prompt=body.n
     )
     created = int(time.time())
     echo = [str(prompts[k // body.n]) if body.echo else "" for k in range(len(requests))]
@@ -588,13 +605,11 @@ async def create_completion(
     if timing is not None:
         route_headers["Server-Timing"] = timing.value()
     choices = []
-    prompt_tokens = completion_tokens = 0
+    tally = UsageTally(choices_per_prompt=body.n)
     for k, final in enumerate(finals):
         assert final.usage is not None
         assert final.finish_reason is not None
-        if k % body.n == 0:
-            prompt_tokens += final.usage.prompt_tokens
-        completion_tokens += final.usage.completion_tokens
+        tally.add(k, final.usage)
         choices.append(
             CompletionChoice(
                 index=k,
@@ -612,7 +627,7 @@ async def create_completion(
         created=created,
         model=body.model,
         choices=choices,
-        usage=_usage(prompt_tokens, completion_tokens, 0),
+        usage=_usage(tally),
         system_fingerprint=SYSTEM_FINGERPRINT,
     )
     return _json(answer, route_headers)
@@ -638,7 +653,7 @@ async def _completion_stream(
             pending.add(
                 chunk([{"index": k, "text": text, "logprobs": None, "finish_reason": None}])
             )
-    prompt_tokens = completion_tokens = 0
+    tally = UsageTally(choices_per_prompt=n)
     try:
         async for index, delta in streams.merged():
             logprobs = None
@@ -647,9 +662,7 @@ async def _completion_stream(
             offsets[index] += len(delta.text)
             finish = delta.finish_reason.value if delta.finish_reason is not None else None
             if delta.usage is not None:
-                if index % n == 0:
-                    prompt_tokens += delta.usage.prompt_tokens
-                completion_tokens += delta.usage.completion_tokens
+                tally.add(index, delta.usage)
             pending.add(
                 chunk(
                     [
@@ -668,5 +681,5 @@ async def _completion_stream(
         pending.add(_stream_error(exc))
         yield pending.take()
         return
-    usage = chunk([], _usage(prompt_tokens, completion_tokens, 0)) if include_usage else None
+    usage = chunk([], _usage(tally)) if include_usage else None
     yield _stream_end(pending, usage, timing)

@@ -56,10 +56,25 @@ class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
+#: Content part types of OpenAI's API that a text-only model cannot take.
+NON_TEXT_PARTS = frozenset({"image_url", "input_audio", "file"})
+
+
 class TextContentPart(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["text"]
     text: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if isinstance(kind, str) and kind in NON_TEXT_PARTS:
+            raise ValueError(
+                f"content parts of type '{kind}' are not supported: the models of this "
+                "server take text only"
+            )
+        return data
 
     @field_validator("text")
     @classmethod
