@@ -19,7 +19,7 @@ from vllm_service.accounting.latency import LatencyWindow
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import configure_request_log
 from vllm_service.accounting.tracing import TRACER_NAME
-from vllm_service.api import openai, ops
+from vllm_service.api import openai, ops, tokenize
 from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import BodySizeLimit, install_error_handlers
 from vllm_service.api.observe import Observe
@@ -97,6 +97,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(ops.router)
+    app.include_router(tokenize.router)
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -132,7 +133,7 @@ def create_app(
         latency=latency,
         routes=[
             r.path
-            for rt in (openai.router, ops.router)
+            for rt in (openai.router, ops.router, tokenize.router)
             for r in rt.routes
             if isinstance(r, APIRoute)
         ],

@@ -67,7 +67,7 @@ CACHE_KEY_HEADER = "x-cache-key"
 CACHE_HITS = {"hit", "semantic_hit", "stale_hit"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request"},
     404: {"model": ErrorResponse, "description": "Unknown model"},
     413: {"model": ErrorResponse, "description": "Request body too large"},
@@ -98,7 +98,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 # -- shared request handling -----------------------------------------------------------------
 
 
-def _resolve(request: Request, manager: ModelManager, model: str) -> ServedModel:
+def resolve_model(request: Request, manager: ModelManager, model: str) -> ServedModel:
     tracer: trace.Tracer = request.app.state.tracer
     with tracer.start_as_current_span("vllm.route", attributes={"vllm.requested_model": model}):
         try:
@@ -349,7 +349,7 @@ async def list_models(manager: Manager) -> ModelList:
 @router.get(
     "/models/{model_id:path}",
     response_model=ModelObject,
-    responses={404: _ERRORS[404]},
+    responses={404: ERROR_RESPONSES[404]},
 )
 async def retrieve_model(model_id: str, manager: Manager) -> ModelObject:
     """One model by its name or alias (OpenAI's models.retrieve); ids may contain '/'."""
@@ -393,7 +393,7 @@ def _chat_logprobs(items: list[TokenLogprob]) -> ChoiceLogprobs:
 @router.post(
     "/chat/completions",
     response_model=ChatCompletionResponse,
-    responses={**_ERRORS, **_SSE_DOC},
+    responses={**ERROR_RESPONSES, **_SSE_DOC},
 )
 async def create_chat_completion(
     body: ChatCompletionRequest,
@@ -406,7 +406,7 @@ async def create_chat_completion(
     for name in UNSUPPORTED_CHAT_PARAMS:
         if extra.get(name) is not None:
             raise InvalidRequest(f"'{name}' is not supported by this server.", param=name)
-    served = _resolve(request, manager, body.model)
+    served = resolve_model(request, manager, body.model)
     messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
     json_object, json_schema = _response_format(body)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
@@ -550,7 +550,7 @@ def _completion_logprobs(items: list[TokenLogprob], offset: int) -> CompletionLo
 @router.post(
     "/completions",
     response_model=CompletionResponse,
-    responses={**_ERRORS, **_SSE_DOC},
+    responses={**ERROR_RESPONSES, **_SSE_DOC},
 )
 async def create_completion(
     body: CompletionRequest,
@@ -573,7 +573,7 @@ async def create_completion(
             f"prompts x n may be at most {server.max_n}, got {len(prompts) * body.n}.",
             param="n",
         )
-    served = _resolve(request, manager, body.model)
+    served = resolve_model(request, manager, body.model)
     request_id = _new_id("cmpl")
     requests = []
     for p_index, prompt in enumerate(prompts):

@@ -32,7 +32,7 @@ UNSUPPORTED_CHAT_PARAMS = (
 )
 
 
-def _check_text(value: str) -> str:
+def check_text(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     if len(value) > MAX_STRING_CHARS:
@@ -79,7 +79,7 @@ class TextContentPart(BaseModel):
     @field_validator("text")
     @classmethod
     def _text(cls, v: str) -> str:
-        return _check_text(v)
+        return check_text(v)
 
 
 class ChatMessageIn(BaseModel):
@@ -93,7 +93,7 @@ class ChatMessageIn(BaseModel):
     @classmethod
     def _content(cls, v: str | list[TextContentPart] | None) -> str | list[TextContentPart] | None:
         if isinstance(v, str):
-            _check_text(v)
+            check_text(v)
         return v
 
     @model_validator(mode="after")
@@ -176,9 +176,9 @@ class SamplingFields(OpenAIBaseModel):
             if len(v) > MAX_STOP_SEQUENCES:
                 raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
             for s in v:
-                _check_text(s)
+                check_text(s)
         elif isinstance(v, str):
-            _check_text(v)
+            check_text(v)
         return v
 
     @field_validator("logit_bias")
@@ -243,10 +243,10 @@ class CompletionRequest(SamplingFields):
     @classmethod
     def _prompt(cls, v: Any) -> Any:
         if isinstance(v, str):
-            _check_text(v)
+            check_text(v)
         elif isinstance(v, list) and v and isinstance(v[0], str):
             for s in v:
-                _check_text(s)
+                check_text(s)
         return v
 
     def prompts(self) -> list[str | list[int]]:

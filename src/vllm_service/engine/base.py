@@ -16,7 +16,7 @@ import enum
 import hashlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Role = Literal["system", "developer", "user", "assistant"]
 EngineState = Literal["starting", "ready", "stopping", "failed"]
@@ -232,6 +232,17 @@ class Engine(Protocol):
     async def stop(self) -> None:
         """Finish or abort in-flight work and free resources."""
         ...
+
+
+@runtime_checkable
+class Tokenizing(Protocol):
+    """An engine that owns its tokenizer (the embedded one): /tokenize and /detokenize."""
+
+    async def tokenize(self, req: GenerationRequest, *, add_special: bool = True) -> list[int]:
+        """The prompt's token ids as generation would see them (chat template applied)."""
+        ...
+
+    async def detokenize(self, tokens: list[int]) -> str: ...
 
 
 class EngineError(Exception):

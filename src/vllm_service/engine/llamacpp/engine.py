@@ -23,7 +23,7 @@ from vllm_service.engine.base import (
     SamplingDefaults,
     TokenDelta,
 )
-from vllm_service.engine.llamacpp.chat_template import CHATML_TEMPLATE, ChatTemplate, PromptBound
+from vllm_service.engine.llamacpp.chat_template import CHATML_TEMPLATE, ChatTemplate
 from vllm_service.engine.llamacpp.device import DevicePlacement, available_memory_bytes, place
 from vllm_service.engine.llamacpp.grammar import GrammarBuilder, SchemaLimits
 from vllm_service.engine.llamacpp.model import LlamaModel, ModelLoadError, gpu_offload_supported
@@ -35,6 +35,7 @@ from vllm_service.engine.llamacpp.model_files import (
     resolve_model_path,
 )
 from vllm_service.engine.llamacpp.native_log import NativeOutput, native_stderr_captured
+from vllm_service.engine.llamacpp.prompt import PromptTokenizer
 from vllm_service.engine.llamacpp.sampling import NEUTRAL_SAMPLING, SamplerChain
 from vllm_service.engine.llamacpp.scheduler import Post, Scheduler, Sequence
 from vllm_service.engine.llamacpp.text_output import TextOutput
@@ -77,7 +78,7 @@ class LlamaCppEngine:
             options, gpu_offload_supported=gpu_offload_supported()
         )
         self._model: LlamaModel | None = None
-        self._prompt_bound: PromptBound | None = None
+        self._prompts: PromptTokenizer | None = None
         self._grammars = GrammarBuilder(
             SchemaLimits(
                 max_bytes=options.max_schema_bytes,
@@ -155,7 +156,7 @@ class LlamaCppEngine:
             bos_token=model.special_text(model.bos_id),
             eos_token=model.special_text(model.eos_id),
         )
-        self._prompt_bound = PromptBound.measure(model, self._template)
+        self._prompts = PromptTokenizer(model, self._template, self.options.max_model_len)
         self._check_kv_fits(model)
         scheduler = Scheduler(
             model,
@@ -214,49 +215,6 @@ class LlamaCppEngine:
             detail=detail,
         )
 
-    def _prompt_tokens(self, model: LlamaModel, req: GenerationRequest) -> list[int]:
-        if req.prompt_token_ids is not None:
-            return list(req.prompt_token_ids)
-        if req.messages is not None:
-            return self._chat_tokens(model, req)
-        return model.tokenize(req.prompt or "", add_special=True, parse_special=False)
-
-    def _chat_tokens(self, model: LlamaModel, req: GenerationRequest) -> list[int]:
-        """The chat prompt's tokens: the template's markers as special tokens, the messages'
-        text as plain text. The template writes BOS itself when the model wants one. Stops
-        as soon as the prompt cannot fit, so that a flood of messages costs what fits."""
-        assert self._template is not None
-        assert req.messages is not None
-        messages = req.messages
-        room = self.options.max_model_len - (req.sampling.max_tokens or 1)
-        pieces = self._template.render_pieces(messages)
-        if pieces is not None:
-            tokens: list[int] = []
-            for piece in pieces:
-                tokens += model.tokenize(
-                    piece.text, add_special=False, parse_special=not piece.from_message
-                )
-                if len(tokens) > room:
-                    raise ContextLengthExceededError(
-                        max_model_len=self.options.max_model_len,
-                        prompt_tokens=len(tokens),
-                        max_tokens=req.sampling.max_tokens,
-                        at_least=True,
-                    )
-            return tokens
-        # A template that edits message text: its output is tokenized whole, which is safe
-        # only while no message holds the text of a control token.
-        for index, message in enumerate(messages):
-            special = model.tokenize(message.content, add_special=False, parse_special=True)
-            if any(model.is_control(t) for t in special):
-                raise InvalidRequestError(
-                    f"messages[{index}] contains a control token of this model's chat format, "
-                    "which its chat template cannot keep as plain text",
-                    param=f"messages.{index}.content",
-                )
-        text = self._template.render(messages)
-        return model.tokenize(text, add_special=False, parse_special=True)
-
     def _check(self, model: LlamaModel, req: GenerationRequest, prompt: list[int]) -> int:
         """Validate against the model; returns the completion budget."""
         limit = self.options.max_model_len
@@ -287,34 +245,26 @@ class LlamaCppEngine:
         model = self._model
         if model is None:
             raise EngineUnavailableError("the model is not loaded yet", retry_after=1.0)
-        self._check_lower_bound(req)
-        prompt = self._prompt_tokens(model, req)
+        assert self._prompts is not None
+        prompt = self._prompts.for_generation(req)
         max_tokens = self._check(model, req, prompt)
         grammar = self._grammars.for_params(req.sampling)
         sampler = SamplerChain(model, req.sampling, penalty_window=max_tokens, grammar=grammar)
         return prompt, max_tokens, sampler
 
-    def _check_lower_bound(self, req: GenerationRequest) -> None:
-        """Refuse a prompt that cannot fit before rendering or tokenizing it: its size in bytes
-        and its message count give a lower bound on its tokens, at O(messages) cost."""
-        bound = self._prompt_bound
-        if bound is None or req.prompt_token_ids is not None:
-            return
-        if req.messages is not None:
-            users = [m for m in req.messages if m.role == "user"]
-            size = sum(len(m.content.encode()) for m in users)
-            least = len(users) * bound.tokens_per_user_message + size // bound.max_token_bytes
-        else:
-            least = len((req.prompt or "").encode()) // bound.max_token_bytes
-        wanted = req.sampling.max_tokens
-        if least + (wanted or 1) > self.options.max_model_len:
-            raise ContextLengthExceededError(
-                max_model_len=self.options.max_model_len,
-                prompt_tokens=least,
-                max_tokens=wanted,
-                at_least=True,
-                param="messages" if req.messages is not None else "prompt",
-            )
+    # -- tokenizing (engine/base.py's Tokenizing) -----------------------------------------
+
+    def _loaded_prompts(self) -> PromptTokenizer:
+        if self._prompts is None or self._state != "ready":
+            raise EngineUnavailableError("the model is not loaded yet", retry_after=1.0)
+        return self._prompts
+
+    async def tokenize(self, req: GenerationRequest, *, add_special: bool = True) -> list[int]:
+        prompts = self._loaded_prompts()
+        return await asyncio.to_thread(prompts.tokens, req, add_special=add_special)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return await asyncio.to_thread(self._loaded_prompts().text, tokens)
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
         scheduler = self._scheduler
