@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -51,7 +52,7 @@ from vllm_service.api.protocol import (
 from vllm_service.api.timing import ServerTiming, wants_timing
 from vllm_service.config import ServerConfig
 from vllm_service.engine import EngineError, GenerationRequest, SamplingParams, TokenDelta
-from vllm_service.engine.base import ChatMessage, TokenLogprob
+from vllm_service.engine.base import ChatMessage, PromptTokenLogprob, TokenLogprob
 from vllm_service.manager import CacheControl, ModelManager, Route, ServedModel, UnknownModelError
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def _sampling(
     choice: int,
     json_object: bool = False,
     json_schema: str | None = None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     # Knobs left out stay None: the engine applies the model's recommended values.
     return SamplingParams(
@@ -149,6 +151,7 @@ def _sampling(
         json_object=json_object,
         json_schema=json_schema,
         ignore_eos=body.ignore_eos,
+        prompt_logprobs=prompt_logprobs,
     )
 
 
@@ -299,21 +302,32 @@ class _ChunkEncoder:
         return _sse(data)
 
 
-async def _collect(
-    streams: ChoiceStreams, texts: list[str]
-) -> tuple[list[str], list[list[TokenLogprob]], list[TokenDelta]]:
+@dataclass
+class _Collected:
+    """Every choice run to its end: text (after the given prefixes), logprobs, final delta."""
+
+    texts: list[str]
+    logprobs: list[list[TokenLogprob]]
+    prompt_logprobs: list[tuple[PromptTokenLogprob, ...]]
+    finals: list[TokenDelta]
+
+
+async def _collect(streams: ChoiceStreams, texts: list[str]) -> _Collected:
     """Run every choice to its end: text (after ``texts``' prefixes), logprobs, final delta."""
     lps: list[list[TokenLogprob]] = [[] for _ in texts]
+    prompt_lps: list[tuple[PromptTokenLogprob, ...]] = [() for _ in texts]
     finals: list[TokenDelta | None] = [None] * len(texts)
     async for index, delta in streams.merged():
         texts[index] += delta.text
         lps[index].extend(delta.logprobs)
+        if delta.prompt_logprobs:
+            prompt_lps[index] = delta.prompt_logprobs
         if delta.finish_reason is not None:
             finals[index] = delta
     done = [f for f in finals if f is not None]
     if len(done) != len(finals):
         raise APIError(500, "A choice ended without a finish reason.")
-    return texts, lps, done
+    return _Collected(texts, lps, prompt_lps, done)
 
 
 # -- /v1/models -------------------------------------------------------------------------------
@@ -435,7 +449,8 @@ async def create_chat_completion(
             _chat_stream(body, streams, request_id, created, timing),
             headers={**SSE_HEADERS, **route_headers},
         )
-    texts, lps, finals = await until_disconnected(request, _collect(streams, [""] * body.n))
+    collected = await until_disconnected(request, _collect(streams, [""] * body.n))
+    texts, lps, finals = collected.texts, collected.logprobs, collected.finals
     if timing is not None:
         route_headers["Server-Timing"] = timing.value()
     choices = []
@@ -536,8 +551,21 @@ async def _chat_stream(
 # -- /v1/completions --------------------------------------------------------------------------
 
 
-def _completion_logprobs(items: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+def _completion_logprobs(
+    items: list[TokenLogprob], offset: int, prompt: tuple[PromptTokenLogprob, ...] = ()
+) -> CompletionLogprobs:
+    """Logprobs in the legacy completions shape: the scored prompt's tokens first (the very
+    first with null), then the completion's, from ``offset`` in the text."""
     out = CompletionLogprobs()
+    prompt_offset = 0
+    for plp in prompt:
+        out.tokens.append(plp.token)
+        out.token_logprobs.append(plp.logprob)
+        out.top_logprobs.append(
+            None if plp.logprob is None else {t.token: t.logprob for t in plp.top}
+        )
+        out.text_offset.append(prompt_offset)
+        prompt_offset += len(plp.token)
     for lp in items:
         out.tokens.append(lp.token)
         out.token_logprobs.append(lp.logprob)
@@ -568,6 +596,12 @@ async def create_completion(
     prompts = body.prompts()
     if body.echo and not all(isinstance(p, str) for p in prompts):
         raise InvalidRequest("'echo' needs text prompts, not token ids.", param="echo")
+    if body.max_tokens == 0 and not body.echo:
+        raise InvalidRequest(
+            "'max_tokens' 0 needs 'echo': true (it returns the prompt, scored with 'logprobs', "
+            "without generating).",
+            param="max_tokens",
+        )
     if len(prompts) * body.n > server.max_n:
         raise InvalidRequest(
             f"prompts x n may be at most {server.max_n}, got {len(prompts) * body.n}.",
@@ -588,6 +622,9 @@ async def create_completion(
                         max_tokens=body.max_tokens,
                         logprobs=body.logprobs,
                         choice=i,
+                        # echo with logprobs scores the prompt, as vLLM and OpenAI's legacy
+                        # API do (what evaluation harnesses use for log-likelihoods).
+                        prompt_logprobs=body.logprobs if body.echo else None,
                     ),
                 )
             )
@@ -601,7 +638,8 @@ async def create_completion(
             _completion_stream(body, streams, request_id, created, echo, body.n, timing),
             headers={**SSE_HEADERS, **route_headers},
         )
-    texts, lps, finals = await until_disconnected(request, _collect(streams, list(echo)))
+    collected = await until_disconnected(request, _collect(streams, list(echo)))
+    texts, lps, finals = collected.texts, collected.logprobs, collected.finals
     if timing is not None:
         route_headers["Server-Timing"] = timing.value()
     choices = []
@@ -615,7 +653,7 @@ async def create_completion(
                 index=k,
                 text=texts[k],
                 logprobs=(
-                    _completion_logprobs(lps[k], len(echo[k]))
+                    _completion_logprobs(lps[k], len(echo[k]), collected.prompt_logprobs[k])
                     if body.logprobs is not None
                     else None
                 ),
@@ -648,14 +686,23 @@ async def _completion_stream(
     chunk = _ChunkEncoder(request_id, "text_completion", created, body.model, include_usage)
 
     pending = _Pending()  # as in _chat_stream
+    # With logprobs, the echoed prompt goes out with its scores, which come with the choice's
+    # first delta; without, at once.
+    scored = body.logprobs is not None
+    echo_due = [bool(text) and scored for text in echo]
     for k, text in enumerate(echo):
-        if text:
+        if text and not scored:
             pending.add(
                 chunk([{"index": k, "text": text, "logprobs": None, "finish_reason": None}])
             )
     tally = UsageTally(choices_per_prompt=n)
     try:
         async for index, delta in streams.merged():
+            if echo_due[index]:
+                echo_due[index] = False
+                prompt_lps = _completion_logprobs([], 0, delta.prompt_logprobs).model_dump()
+                echoed = {"index": index, "text": echo[index], "logprobs": prompt_lps}
+                pending.add(chunk([{**echoed, "finish_reason": None}]))
             logprobs = None
             if body.logprobs is not None:
                 logprobs = _completion_logprobs(list(delta.logprobs), offsets[index]).model_dump()

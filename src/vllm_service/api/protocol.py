@@ -233,7 +233,9 @@ class CompletionRequest(SamplingFields):
             Field(min_length=1, max_length=64),
         ]
     )
-    max_tokens: StrictInt | None = Field(default=16, ge=1)
+    max_tokens: StrictInt | None = Field(
+        default=16, ge=0, description="0 with echo: score the prompt without generating."
+    )
     echo: StrictBool = False
     logprobs: StrictInt | None = Field(default=None, ge=0, le=5)
     best_of: StrictInt | None = Field(default=None, ge=1, le=128)

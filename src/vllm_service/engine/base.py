@@ -58,6 +58,9 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     #: None: no logprobs; 0..20: the chosen token's logprob plus that many alternatives.
     logprobs: int | None = None
+    #: Score the prompt too: each prompt token's logprob given the ones before it, plus this
+    #: many alternatives (None: off). The whole prompt is computed (no prefix-cache reuse).
+    prompt_logprobs: int | None = None
     #: Constrain the output to one JSON object (OpenAI's JSON mode).
     json_object: bool = False
     #: Constrain the output to documents valid under this JSON schema (its JSON text).
@@ -152,6 +155,16 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptTokenLogprob:
+    """A prompt token and its log-probability given the tokens before it (None for the
+    first, which nothing precedes)."""
+
+    token: str
+    logprob: float | None
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
@@ -189,6 +202,8 @@ class TokenDelta:
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    #: On a sequence's first delta, when the prompt was scored (SamplingParams.prompt_logprobs).
+    prompt_logprobs: tuple[PromptTokenLogprob, ...] = ()
     #: Set on the final delta by engines that measure it.
     timing: Timing | None = None
 

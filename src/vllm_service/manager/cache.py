@@ -233,6 +233,8 @@ class ResponseCache:
         if not (self.config.enabled and model.cache.enabled):
             return None
         sampling = req.sampling
+        if sampling.prompt_logprobs is not None:
+            return None  # a stored answer keeps no prompt scores to replay
         reproducible = sampling.temperature == 0 or sampling.seed is not None
         if not (reproducible or self.config.cache_sampled):
             return None

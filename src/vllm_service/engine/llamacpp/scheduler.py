@@ -37,6 +37,7 @@ from vllm_service.engine.base import (
     EngineError,
     EngineUnavailableError,
     FinishReason,
+    PromptTokenLogprob,
     SamplingParams,
     Timing,
     TokenDelta,
@@ -98,9 +99,16 @@ class Sequence:
     first_token_at: float | None = None
     last_token_at: float = 0.0
     inter_token_times: list[float] = field(default_factory=list)
+    #: Prompt scoring: batch rows whose logits score the next prompt token, and the scores.
+    score_rows: list[tuple[int, int]] = field(default_factory=list)
+    prompt_scores: list[PromptTokenLogprob] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
+
+    @property
+    def scoring(self) -> bool:
+        return self.params.prompt_logprobs is not None
 
     @property
     def n_generated(self) -> int:
@@ -383,7 +391,12 @@ class Scheduler:
             seq.n_past += count
         now = self._clock()
         for seq, _ in fed:
+            if seq.score_rows:
+                self._score_prompt(seq)
             if seq.batch_index >= 0 and not seq.aborted:
+                if seq.max_tokens == 0:  # only the prompt's scores were asked for
+                    self._finish_unsampled(seq)
+                    continue
                 self._accept(seq, seq.sampler.sample(self._ctx, seq.batch_index), now)
         self._sample_time += time.perf_counter() - decoded
         if not self._running or self._steps % 64 == 0:
@@ -459,8 +472,9 @@ class Scheduler:
     def _place(self, seq: Sequence) -> None:
         """Give a sequence an idle slot, reusing the longest cached prefix of its tokens."""
         idle = [s for s in self._slots if s.seq is None]
-        # At least the last known token is computed: its logits are what gets sampled.
-        limit = len(seq.tokens) - 1
+        # At least the last known token is computed: its logits are what gets sampled. A
+        # prompt being scored is computed whole: every position's logits are needed.
+        limit = 0 if seq.scoring else len(seq.tokens) - 1
         reuse = 0
         slot = min(idle, key=lambda s: (bool(s.cached), s.last_used))  # empty, else LRU
         source: Slot | None = None
@@ -516,12 +530,15 @@ class Scheduler:
             assert seq.slot is not None
             seq_id = seq.slot.seq_id
             start = seq.n_past
+            scores = seq.scoring and start < len(seq.prompt)
             for offset in range(count):
                 batch.token[n] = seq.tokens[start + offset]
                 batch.pos[n] = start + offset
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = seq_id
-                batch.logits[n] = 0
+                batch.logits[n] = 1 if scores else 0
+                if scores:
+                    seq.score_rows.append((n, start + offset))
                 n += 1
             if count == seq.pending:
                 batch.logits[n - 1] = 1
@@ -544,6 +561,9 @@ class Scheduler:
             self._send(seq, error)
 
     def _preempt(self, seq: Sequence) -> None:
+        if seq.first_token_at is None:  # its prompt is computed (and scored) again
+            seq.prompt_scores.clear()
+        seq.score_rows.clear()
         self._running.remove(seq)
         self._release(seq, keep_cache=False, finished=False)
         self._preemptions += 1
@@ -551,10 +571,42 @@ class Scheduler:
             self._waiting.appendleft(seq)
             self._waiting_tokens += len(seq.tokens)
 
+    def _score_prompt(self, seq: Sequence) -> None:
+        """Each scored row's logits give the log-probability of the prompt token after it."""
+        n_top = seq.params.prompt_logprobs or 0
+        if not seq.prompt_scores:
+            first = self._model.token_text(seq.prompt[0])
+            seq.prompt_scores.append(PromptTokenLogprob(token=first, logprob=None))
+        for row, position in seq.score_rows:
+            if position + 1 < len(seq.prompt):
+                lp = token_logprob(self._model, self._ctx, row, seq.prompt[position + 1], n_top)
+                seq.prompt_scores.append(PromptTokenLogprob(lp.token, lp.logprob, lp.top))
+        seq.score_rows.clear()
+
+    def _finish_unsampled(self, seq: Sequence) -> None:
+        """End a sequence that asked for no completion (max_tokens 0): its prompt was scored."""
+        seq.first_token_at = self._clock()
+        self._running.remove(seq)
+        self._release(seq)
+        self._completed += 1
+        usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=0)
+        self._send(
+            seq,
+            TokenDelta(
+                text="",
+                finish_reason=FinishReason.LENGTH,
+                usage=usage,
+                timing=seq.timing(),
+                prompt_logprobs=tuple(seq.prompt_scores),
+            ),
+        )
+
     def _accept(self, seq: Sequence, token: int, now: float) -> None:
         """Append a sampled token to its sequence and send its delta (or its end)."""
+        scores: tuple[PromptTokenLogprob, ...] = ()
         if seq.first_token_at is None:
             seq.first_token_at = now
+            scores = tuple(seq.prompt_scores)
         else:
             seq.inter_token_times.append(now - seq.last_token_at)
         seq.last_token_at = now
@@ -577,7 +629,10 @@ class Scheduler:
                 text += seq.text.finish()
                 finish = FinishReason.LENGTH
         if finish is None:
-            self._send(seq, TokenDelta(text=text, token_ids=(token,), logprobs=logprobs))
+            delta = TokenDelta(
+                text=text, token_ids=(token,), logprobs=logprobs, prompt_logprobs=scores
+            )
+            self._send(seq, delta)
             return
         usage = Usage(
             prompt_tokens=len(seq.prompt),
@@ -596,6 +651,7 @@ class Scheduler:
                 finish_reason=finish,
                 usage=usage,
                 timing=seq.timing(),
+                prompt_logprobs=scores,
             ),
         )
 
