@@ -12,6 +12,7 @@ from vllm_service import __version__
 from vllm_service.accounting.latency import LatencyWindow
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.api.connections import ConnectionGuard
+from vllm_service.api.errors import error_body
 from vllm_service.api.openai import Manager
 
 router = APIRouter(tags=["ops"])
@@ -52,32 +53,17 @@ async def health(request: Request, manager: Manager) -> JSONResponse:
 async def ready(request: Request, manager: Manager) -> JSONResponse:
     """Readiness: every model is loaded and accepting work; 503 until then, and while draining."""
     if getattr(request.app.state, "draining", False):
-        return JSONResponse(
-            {
-                "status": "draining",
-                "error": {
-                    "message": "the service is shutting down",
-                    "type": "service_unavailable_error",
-                    "param": None,
-                    "code": "draining",
-                },
-            },
-            status_code=503,
+        body = error_body(
+            "the service is shutting down", "service_unavailable_error", None, "draining"
         )
+        return JSONResponse({"status": "draining", **body}, status_code=503)
     engines = await manager.health()
     not_ready = sorted(name for name, h in engines.items() if not h.ready)
     if not_ready:
+        message = f"models not ready: {', '.join(not_ready)}"
+        body = error_body(message, "service_unavailable_error", None, "not_ready")
         return JSONResponse(
-            {
-                "status": "not_ready",
-                "waiting_for": not_ready,
-                "error": {
-                    "message": f"models not ready: {', '.join(not_ready)}",
-                    "type": "service_unavailable_error",
-                    "param": None,
-                    "code": "not_ready",
-                },
-            },
+            {"status": "not_ready", "waiting_for": not_ready, **body},
             status_code=503,
             headers={"Retry-After": "1"},
         )

@@ -59,8 +59,6 @@ class LlamaModel:
             raise ModelLoadError(f"llama.cpp could not load {path}")
         self._vocab: Any = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._model)
-        self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self.bos_id: int = llama_cpp.llama_vocab_bos(self._vocab)
         self.eos_id: int = llama_cpp.llama_vocab_eos(self._vocab)
         self._piece_cache: dict[int, bytes] = {}

@@ -90,7 +90,6 @@ class Sequence:
     n_past: int = 0
     slot: Slot | None = None
     batch_index: int = -1
-    finished: bool = False
     # Written by the event loop's thread, read by the scheduler's: a plain bool is enough.
     aborted: bool = False
     cached_tokens: int = 0
@@ -670,7 +669,6 @@ class Scheduler:
                 self._idle_slots += 1
         seq.n_past = 0
         if finished:
-            seq.finished = True
             seq.sampler.free()
 
     def _send(self, seq: Sequence, item: TokenDelta | BaseException) -> None:
