@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from vllm_service.accounting.cost import HardwareCost, HostedPrice
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8090
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
@@ -478,22 +480,38 @@ class CacheConfig(_Strict):
     semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
 
 
+# The defaults of the cost model live with it (accounting/cost.py), once.
+_HOSTED, _HARDWARE = HostedPrice(), HardwareCost()
+
+
 class HostedPriceConfig(_Strict):
     """The hosted API this service replaces, at its list price."""
 
-    name: str = Field(default="gpt-4o-mini", description="Shown in metrics and reports.")
-    input_per_million: float = Field(default=0.15, ge=0, description="$ per 1M prompt tokens.")
-    output_per_million: float = Field(default=0.60, ge=0, description="$ per 1M completion tokens.")
+    name: str = Field(default=_HOSTED.name, description="Shown in metrics and reports.")
+    input_per_million: float = Field(
+        default=_HOSTED.input_per_million, ge=0, description="$ per 1M prompt tokens."
+    )
+    output_per_million: float = Field(
+        default=_HOSTED.output_per_million, ge=0, description="$ per 1M completion tokens."
+    )
 
 
 class HardwareCostConfig(_Strict):
     """What the machine running this process costs: rented by the hour, or owned."""
 
-    hourly: float = Field(default=0.0, ge=0, description="Rent, $ per hour.")
-    purchase_price: float = Field(default=0.0, ge=0, description="Owned: purchase price, $.")
-    amortize_months: float = Field(default=36.0, gt=0, description="Months to spread it over.")
-    power_watts: float = Field(default=0.0, ge=0, description="Power drawn under load.")
-    kwh_price: float = Field(default=0.15, ge=0, description="Electricity, $ per kWh.")
+    hourly: float = Field(default=_HARDWARE.hourly, ge=0, description="Rent, $ per hour.")
+    purchase_price: float = Field(
+        default=_HARDWARE.purchase_price, ge=0, description="Owned: purchase price, $."
+    )
+    amortize_months: float = Field(
+        default=_HARDWARE.amortize_months, gt=0, description="Months to spread it over."
+    )
+    power_watts: float = Field(
+        default=_HARDWARE.power_watts, ge=0, description="Power drawn under load."
+    )
+    kwh_price: float = Field(
+        default=_HARDWARE.kwh_price, ge=0, description="Electricity, $ per kWh."
+    )
 
 
 class CostConfig(_Strict):

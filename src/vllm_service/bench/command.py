@@ -19,6 +19,9 @@ from vllm_service.bench.measures import SLO, summarize
 from vllm_service.bench.report import metadata, print_summary, write_json, write_plots
 from vllm_service.bench.workloads import Length, Workload
 
+# The cost model's defaults, as accounting/cost.py sets them (one place for them).
+_HOSTED, _HARDWARE = HostedPrice(), HardwareCost()
+
 
 def _numbers(text: str, kind: type[int] | type[float]) -> list[Any]:
     try:
@@ -99,16 +102,26 @@ def bench(
     slo_ttft_ms: Annotated[float | None, typer.Option(help="Goodput: TTFT objective.")] = None,
     slo_tpot_ms: Annotated[float | None, typer.Option(help="Goodput: TPOT objective.")] = None,
     slo_e2e_ms: Annotated[float | None, typer.Option(help="Goodput: E2E objective.")] = None,
-    hourly_cost: Annotated[float, typer.Option(help="Hardware rent, $/hour.")] = 0.0,
-    hardware_price: Annotated[float, typer.Option(help="Hardware purchase price, $.")] = 0.0,
-    amortize_months: Annotated[float, typer.Option(min=1, help="Months to amortize over.")] = 36,
-    power_watts: Annotated[float, typer.Option(min=0, help="Power drawn under load.")] = 0.0,
-    kwh_price: Annotated[float, typer.Option(min=0, help="Electricity, $/kWh.")] = 0.15,
-    hosted_name: Annotated[str, typer.Option(help="The hosted API priced against.")] = (
-        "gpt-4o-mini"
-    ),
-    hosted_input_price: Annotated[float, typer.Option(help="$ per 1M input tokens.")] = 0.15,
-    hosted_output_price: Annotated[float, typer.Option(help="$ per 1M output tokens.")] = 0.60,
+    hourly_cost: Annotated[float, typer.Option(help="Hardware rent, $/hour.")] = _HARDWARE.hourly,
+    hardware_price: Annotated[
+        float, typer.Option(help="Hardware purchase price, $.")
+    ] = _HARDWARE.purchase_price,
+    amortize_months: Annotated[
+        float, typer.Option(min=1, help="Months to amortize over.")
+    ] = _HARDWARE.amortize_months,
+    power_watts: Annotated[
+        float, typer.Option(min=0, help="Power drawn under load.")
+    ] = _HARDWARE.power_watts,
+    kwh_price: Annotated[
+        float, typer.Option(min=0, help="Electricity, $/kWh.")
+    ] = _HARDWARE.kwh_price,
+    hosted_name: Annotated[str, typer.Option(help="The hosted API priced against.")] = _HOSTED.name,
+    hosted_input_price: Annotated[
+        float, typer.Option(help="$ per 1M input tokens.")
+    ] = _HOSTED.input_per_million,
+    hosted_output_price: Annotated[
+        float, typer.Option(help="$ per 1M output tokens.")
+    ] = _HOSTED.output_per_million,
     output_dir: Annotated[Path, typer.Option(help="Where the JSON and the plots go.")] = Path(
         "bench-results"
     ),
