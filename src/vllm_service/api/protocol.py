@@ -370,7 +370,7 @@ class CompletionResponse(BaseModel):
 
 
 class SamplingDefaultOut(BaseModel):
-    value: float
+    value: int | float
     source: str
 
 

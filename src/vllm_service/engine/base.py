@@ -85,7 +85,7 @@ SAMPLING_KNOBS = (
 class SamplingDefault:
     """One knob's value when a request leaves it out, and where that value comes from."""
 
-    value: float
+    value: float  # an int for top_k
     source: str
 
 
@@ -104,15 +104,14 @@ class SamplingDefaults:
                 if knob not in SAMPLING_KNOBS:
                     raise ValueError(f"unknown sampling knob {knob!r}")
                 if value is not None and knob not in chosen:
-                    chosen[knob] = SamplingDefault(float(value), source)
+                    number = int(value) if knob == "top_k" else float(value)
+                    chosen[knob] = SamplingDefault(number, source)
         return cls(tuple((k, chosen[k]) for k in SAMPLING_KNOBS if k in chosen))
 
     def fill(self, params: SamplingParams) -> SamplingParams:
         """``params`` with every knob it left unset taken from these defaults."""
         missing: dict[str, Any] = {
-            knob: int(default.value) if knob == "top_k" else default.value
-            for knob, default in self.values
-            if getattr(params, knob) is None
+            knob: default.value for knob, default in self.values if getattr(params, knob) is None
         }
         return dataclasses.replace(params, **missing) if missing else params
 
