@@ -26,7 +26,6 @@ import importlib.metadata
 import itertools
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ import httpx2
 import openai
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_basics import free_port, peak_rss_mib
+from serve_basics import free_port, peak_rss_mib, service_command
 
 from vllm_service.config import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_NUM_SEQS
 from vllm_service.engine.llamacpp.device import usable_cpus
@@ -356,7 +355,7 @@ async def main() -> None:
     )
     server_bin = ensure_llama_server()
     lcp_python = ensure_lcp_server()
-    exe = shutil.which("vllm-service") or "vllm-service"
+    ours = service_command()
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     # The response cache stays off: the engines are compared, not a cache's replay.
     engine_cfg = workdir / "engine.yaml"
@@ -370,14 +369,14 @@ async def main() -> None:
     ports = [free_port() for _ in range(4)]
     ours = Peer(
         "vllm-service",
-        [exe, "serve", "--port", str(ports[0]), "--config", str(engine_cfg)],
+        [*ours, "serve", "--port", str(ports[0]), "--config", str(engine_cfg)],
         ours_model,
         ports[0],
         "/ready",
     )
     ours_nc = Peer(
         "vllm-service (no prefix cache)",
-        [exe, "serve", "--port", str(ports[1]), "--config", str(no_cache_cfg)],
+        [*ours, "serve", "--port", str(ports[1]), "--config", str(no_cache_cfg)],
         ours_model,
         ports[1],
         "/ready",

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -52,6 +51,13 @@ def serve_in_thread(app: Any, port: int) -> Iterator[None]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def service_command() -> list[str]:
+    """`vllm-service` as installed beside this interpreter (an unactivated virtualenv works),
+    else the module."""
+    exe = Path(sys.executable).parent / "vllm-service"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "vllm_service"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -114,10 +120,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     port = free_port()
-    exe = shutil.which("vllm-service") or sys.exit("vllm-service is not installed")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [exe, "serve", "--port", str(port)],
+        [*service_command(), "serve", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

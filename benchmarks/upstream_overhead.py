@@ -34,7 +34,7 @@ import httpx2
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_basics import cpu_seconds, free_port
+from serve_basics import cpu_seconds, free_port, service_command
 
 MODEL = "smollm2-135m-instruct"
 
@@ -48,7 +48,7 @@ def start(
     path.write_text(yaml.safe_dump(config))
     log = (workdir / f"{name}.log").open("wb")
     proc = subprocess.Popen(
-        ["vllm-service", "serve", "--port", str(port), "--config", str(path)],
+        [*service_command(), "serve", "--port", str(port), "--config", str(path)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},

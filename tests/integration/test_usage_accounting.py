@@ -3,6 +3,8 @@ of one prompt share its prompt tokens, several prompts add theirs up."""
 
 from __future__ import annotations
 
+import time
+
 import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -10,6 +12,26 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import MODEL, Service
 
 pytestmark = pytest.mark.integration
+
+
+def settled(service: Service, name: str, expected: float) -> float:
+    """The counter once it reaches ``expected`` (bounded wait): a request is accounted just
+    after its last byte, which the client may have read already."""
+    deadline = time.monotonic() + 20
+    value = counter(service, name)
+    while value < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = counter(service, name)
+    return value
+
+
+def quiet(service: Service, name: str) -> float:
+    """The counter once earlier requests' accounting has landed (two equal reads)."""
+    value, previous = counter(service, name), -1.0
+    while value != previous:
+        time.sleep(0.1)
+        value, previous = counter(service, name), value
+    return value
 
 
 def counter(service: Service, name: str) -> float:
@@ -25,7 +47,7 @@ def counter(service: Service, name: str) -> float:
 def test_a_multi_prompt_completion_accounts_every_prompt(service: Service, stream: bool) -> None:
     prompts = ["The sea is", "A very long time ago, in a small village by the mountains,"]
     body = {"model": MODEL, "prompt": prompts, "n": 2, "max_tokens": 3, "temperature": 0}
-    before = counter(service, "vllm_prompt_tokens_total")
+    before = quiet(service, "vllm_prompt_tokens_total")
     client = service.client()
     if stream:
         chunks = list(
@@ -40,8 +62,9 @@ def test_a_multi_prompt_completion_accounts_every_prompt(service: Service, strea
     assert usage.prompt_tokens == sum(u.prompt_tokens for u in singles if u is not None)
     assert usage.completion_tokens == 2 * 2 * 3
     # The request record (metrics, request log) counts what the response says.
-    accounted = counter(service, "vllm_prompt_tokens_total") - before
-    assert accounted == usage.prompt_tokens + sum(u.prompt_tokens for u in singles if u)
+    expected = usage.prompt_tokens + sum(u.prompt_tokens for u in singles if u)
+    accounted = settled(service, "vllm_prompt_tokens_total", before + expected) - before
+    assert accounted == expected
 
 
 def test_completions_report_prefix_cache_hits(service: Service) -> None:
@@ -60,11 +83,12 @@ def test_completions_report_prefix_cache_hits(service: Service) -> None:
 def test_chat_choices_share_their_prompt(service: Service) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Name a color."}]}
     client = service.client()
-    before = counter(service, "vllm_prompt_tokens_total")
+    before = quiet(service, "vllm_prompt_tokens_total")
     three = client.chat.completions.create(**body, n=3, max_tokens=2, seed=1).usage
     one = client.chat.completions.create(**body, max_tokens=2, seed=1).usage
     assert three is not None
     assert one is not None
     assert three.prompt_tokens == one.prompt_tokens
-    after = counter(service, "vllm_prompt_tokens_total")
-    assert after - before == three.prompt_tokens + one.prompt_tokens
+    expected = three.prompt_tokens + one.prompt_tokens
+    after = settled(service, "vllm_prompt_tokens_total", before + expected)
+    assert after - before == expected

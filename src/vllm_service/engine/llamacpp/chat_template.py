@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn, Protocol
+from typing import NoReturn
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -103,53 +103,3 @@ class ChatTemplate:
             raise InvalidRequestError(
                 f"the model's chat template failed on these messages: {exc}", param="messages"
             ) from exc
-
-
-@dataclass(frozen=True, slots=True)
-class PromptBound:
-    """What a prompt costs at the least, known before rendering or tokenizing it: every user
-    message adds at least ``tokens_per_user_message`` template tokens, and no token holds more
-    than ``max_token_bytes`` bytes of text. Only user messages count: a template may drop or
-    shorten others (a system message after the first, an assistant's reasoning)."""
-
-    tokens_per_user_message: int
-    max_token_bytes: int
-
-    @classmethod
-    def measure(cls, model: TokenizingModel, template: ChatTemplate) -> PromptBound:
-        longest = max(len(model.piece(t)) for t in range(model.n_vocab))
-        return cls(_template_tokens_per_message(model, template), max(1, longest))
-
-
-class TokenizingModel(Protocol):
-    n_vocab: int
-
-    def piece(self, token: int) -> bytes: ...
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
-
-
-def _template_tokens_per_message(model: TokenizingModel, template: ChatTemplate) -> int:
-    """The tokens the template adds around an empty user message (0 when it cannot be
-    measured): a conversation of three turns against one of two."""
-
-    def tokens(turns: int) -> int:
-        messages = tuple(
-            ChatMessage(role="user" if i % 2 == 0 else "assistant", content="")
-            for i in range(turns)
-        )
-        pieces = template.render_pieces(messages)
-        if pieces is None:
-            return -1
-        return sum(
-            len(model.tokenize(p.text, add_special=False, parse_special=not p.from_message))
-            for p in pieces
-        )
-
-    try:
-        two, three = tokens(2), tokens(3)
-    except InvalidRequestError:
-        return 0
-    if two < 0 or three < 0:
-        return 0
-    return max(0, three - two)

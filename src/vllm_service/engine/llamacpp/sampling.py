@@ -30,6 +30,8 @@ NEUTRAL_SAMPLING: dict[str, float | None] = {
     "repetition_penalty": 1.0,
 }
 
+_NEUTRAL = SamplingDefaults.layered(("openai default", NEUTRAL_SAMPLING))
+
 #: llama.cpp reads this seed as "pick one at random"; a request's own seed never maps to it.
 _RANDOM_SEED = 0xFFFFFFFF
 
@@ -88,7 +90,7 @@ class SamplerChain:
                 biases[i] = llama_cpp.llama_logit_bias(token, bias)
             self._add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases))
         # The engine fills unset knobs before this; a caller that did not gets OpenAI's values.
-        knobs = SamplingDefaults.layered(("openai default", NEUTRAL_SAMPLING)).fill(params)
+        knobs = _NEUTRAL.fill(params)
         assert knobs.temperature is not None
         assert knobs.top_p is not None
         assert knobs.top_k is not None
