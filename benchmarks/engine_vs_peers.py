@@ -42,9 +42,10 @@ import openai
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_basics import free_port, peak_rss_mib, service_command
 
-from vllm_service.config import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_NUM_SEQS
 from vllm_service.engine.llamacpp.device import usable_cpus
 from vllm_service.engine.llamacpp.model_files import resolve_model_path
+from vllm_service.engine.llamacpp.options import DEFAULT_MAX_NUM_SEQS
+from vllm_service.engine.options import DEFAULT_MAX_MODEL_LEN
 
 CACHE = Path(os.environ.get("VLLM_SERVICE_BENCH_CACHE", Path.home() / ".cache/vllm-service-bench"))
 OUTPUT_TOKENS = 64

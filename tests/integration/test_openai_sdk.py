@@ -249,10 +249,10 @@ def test_completion_logprobs(client: openai.OpenAI) -> None:
 
 def _token_id(text: str) -> int:
     """The bundled model's single token for ``text`` (tokenized by llama.cpp itself)."""
-    from vllm_service.config import LlamaCppOptions
     from vllm_service.engine.llamacpp.device import place
     from vllm_service.engine.llamacpp.model import LlamaModel
     from vllm_service.engine.llamacpp.model_files import bundled_model_path
+    from vllm_service.engine.llamacpp.options import LlamaCppOptions
 
     model = LlamaModel(bundled_model_path(), place(LlamaCppOptions(), gpu_offload_supported=False))
     try:

@@ -55,7 +55,8 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
 
 
 def test_upstream_models_read_their_own_options() -> None:
-    from vllm_service.config import UpstreamOptions, load_settings
+    from vllm_service.config import load_settings
+    from vllm_service.engine.options import UpstreamOptions
 
     settings = load_settings(
         None,
@@ -109,7 +110,8 @@ def test_model_wide_settings_belong_on_the_first_replica() -> None:
 
 
 def test_vllm_deployment_keys_become_the_vllm_serve_command_line() -> None:
-    from vllm_service.config import ProcessOptions, load_settings
+    from vllm_service.config import load_settings
+    from vllm_service.engine.options import ProcessOptions
 
     settings = load_settings(
         None,

@@ -10,13 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, create_model
 
-from vllm_service.config import (
-    ProcessOptions,
-    ServerConfig,
-    Settings,
-    UpstreamOptions,
-    load_settings,
-)
+from vllm_service.config import ServerConfig, Settings, load_settings
+from vllm_service.engine.options import ProcessOptions, UpstreamOptions
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
 #: Lines the example shows commented out as "#| ": an alternative a user enables by deleting

@@ -1,8 +1,8 @@
 import pytest
 
-from vllm_service.config import LlamaCppOptions
 from vllm_service.engine.llamacpp import device
 from vllm_service.engine.llamacpp.device import ALL_LAYERS, DeviceError, choose_device, place
+from vllm_service.engine.llamacpp.options import LlamaCppOptions
 
 
 def test_auto_without_gpu_build_is_cpu() -> None:

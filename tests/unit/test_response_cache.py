@@ -6,11 +6,18 @@ import asyncio
 
 import pytest
 
+from vllm_service.accounting.stats import StoreStats
 from vllm_service.config import CacheConfig, ModelConfig
 from vllm_service.engine import FinishReason, GenerationRequest, SamplingParams
 from vllm_service.engine.base import ChatMessage, TokenLogprob, TopLogprob, Usage
 from vllm_service.manager.cache import CacheControl, CachedAnswer, ResponseCache
 from vllm_service.manager.cache_store import MemoryStore
+
+
+def _stats(store: MemoryStore) -> StoreStats:
+    stats = store.stats()
+    assert stats is not None  # a memory store knows what it holds
+    return stats
 
 
 class Clock:
@@ -41,8 +48,8 @@ def test_entries_expire_after_their_ttl_and_serve_stale_only_within_the_window()
         return seen
 
     assert run(scenario()) == [b"answer", b"answer", None, b"answer", None]
-    assert store.stats()["entries"] == 0
-    assert store.stats()["expirations"] == 1
+    assert _stats(store).entries == 0
+    assert _stats(store).expirations == 1
 
 
 def test_least_recently_used_entries_are_evicted_first() -> None:
@@ -56,7 +63,7 @@ def test_least_recently_used_entries_are_evicted_first() -> None:
         return [await store.get(k, stale=False) for k in "abcd"]
 
     assert run(scenario()) == [b"a", None, b"c", b"d"]
-    assert store.stats()["evictions"] == 1
+    assert _stats(store).evictions == 1
 
 
 def test_the_byte_bound_evicts_until_the_new_entry_fits() -> None:
@@ -69,7 +76,7 @@ def test_the_byte_bound_evicts_until_the_new_entry_fits() -> None:
         return [await store.get(k, stale=False) for k in ["a", "b", "c", "d", "huge"]]
 
     assert run(scenario()) == [None, b"x" * 300, b"x" * 300, b"x" * 300, None]
-    assert store.stats() == {"entries": 3, "bytes": 900, "evictions": 1, "expirations": 0}
+    assert store.stats() == StoreStats(entries=3, bytes=900, evictions=1, expirations=0)
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,8 @@ from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import BodySizeLimit, install_error_handlers
 from vllm_service.api.observe import Observe
 from vllm_service.config import ModelConfig, Settings
-from vllm_service.engine import Engine, build_engine
-from vllm_service.manager import ModelManager, ResponseCache
+from vllm_service.engine import Engine
+from vllm_service.manager import ModelManager, ResponseCache, build_engine
 
 
 def create_app(
@@ -109,7 +109,7 @@ def create_app(
     prices = settings.cost
     metrics = Metrics(
         latency_target=obs.latency_target_ms / 1e3,
-        cache=cache,
+        cache=cache.stats if cache is not None else None,
         hosted=HostedPrice(**prices.hosted.model_dump()),
         hardware=HardwareCost(**prices.hardware.model_dump()),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from vllm_service import __version__
 from vllm_service.accounting.latency import LatencyWindow
 from vllm_service.accounting.metrics import Metrics
+from vllm_service.accounting.stats import DeploymentStats
 from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import error_body
 from vllm_service.api.openai import Manager
@@ -18,31 +20,47 @@ from vllm_service.api.openai import Manager
 router = APIRouter(tags=["ops"])
 
 
+def _deployment_body(stats: DeploymentStats) -> dict[str, Any]:
+    """One deployment in /health: its engine (state, device, what it is, its scheduler's
+    counters), its breaker and its attempts by outcome."""
+    engine = stats.engine
+    body: dict[str, Any] = {"state": engine.state, "device": engine.device, **engine.info}
+    if engine.scheduler is not None:
+        body.update(dataclasses.asdict(engine.scheduler))
+    body.update(
+        model=stats.model,
+        breaker=stats.breaker,
+        breaker_opened=stats.breaker_opened,
+        in_flight=stats.in_flight,
+    )
+    body.update({f"attempts_{outcome}": n for outcome, n in stats.attempts.items()})
+    return body
+
+
 @router.get("/health")
 async def health(request: Request, manager: Manager) -> JSONResponse:
     """Liveness: the process is up; reports each engine's state and device (503 if one failed)."""
     engines = await manager.health()
-    failed = manager.startup_error is not None or any(h.state == "failed" for h in engines.values())
+    failed = manager.startup_error is not None or any(
+        s.engine.state == "failed" for s in engines.values()
+    )
     body: dict[str, Any] = {
         "status": "failed" if failed else "ok",
         "version": __version__,
-        "engines": {
-            name: {"state": h.state, "device": h.device, **h.detail} for name, h in engines.items()
-        },
+        "engines": {name: _deployment_body(stats) for name, stats in engines.items()},
     }
     for deployment in manager.deployments:
         cards = deployment.engine.models()
         if deployment.id in body["engines"] and cards:
-            body["engines"][deployment.id]["sampling_defaults"] = cards[
-                0
-            ].sampling_defaults.as_dict()
+            defaults = cards[0].sampling_defaults.as_dict()
+            body["engines"][deployment.id]["sampling_defaults"] = defaults
     guard: ConnectionGuard | None = getattr(request.app.state, "connection_guard", None)
     if guard is not None:
         body["http"] = dict(guard.counts)
     if manager.cache is not None:
         await manager.cache.ping()
         body["cache"] = manager.cache.health()
-    devices = sorted({h.device for h in engines.values()})
+    devices = sorted({s.engine.device for s in engines.values()})
     body["device"] = devices[0] if len(devices) == 1 else devices
     if manager.startup_error is not None:
         body["error"] = str(manager.startup_error)
@@ -58,7 +76,7 @@ async def ready(request: Request, manager: Manager) -> JSONResponse:
         )
         return JSONResponse({"status": "draining", **body}, status_code=503)
     engines = await manager.health()
-    not_ready = sorted(name for name, h in engines.items() if not h.ready)
+    not_ready = sorted(name for name, stats in engines.items() if not stats.ready)
     if not_ready:
         message = f"models not ready: {', '.join(not_ready)}"
         body = error_body(message, "service_unavailable_error", None, "not_ready")

@@ -208,10 +208,43 @@ class TokenDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulerStats:
+    """A batching engine's queue, KV cache and counters, as metrics and /health read them."""
+
+    running: int
+    waiting: int
+    waiting_tokens: int
+    #: Cells holding data in llama.cpp's KV cache (running sequences + prefix-cache entries).
+    kv_cells_used: int
+    #: Of those, cells kept only as prefix-cache entries (idle slots).
+    kv_cells_cached: int
+    kv_cells_total: int
+    steps: int
+    preemptions: int
+    #: Sequences accepted into the queue, and those that ran to a finish reason: once nothing
+    #: runs or waits, submitted = completed + aborted + queue_timeouts + failed ones.
+    submitted: int
+    completed: int
+    aborted: int
+    queue_timeouts: int
+    rejected: int
+    #: Prompt tokens of admitted sequences, and how many of them came from the prefix cache.
+    prompt_tokens: int
+    prefix_cache_hit_tokens: int
+    prefix_cache_copies: int
+    #: Seconds spent in llama_decode, and in sampling and detokenizing after it.
+    decode_seconds: float
+    sample_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class EngineHealth:
     state: EngineState
     device: str
-    detail: dict[str, int | float | str] = field(default_factory=dict)
+    #: What the engine is (model file, URL, command) and its own counters: /health shows them.
+    info: Mapping[str, int | float | str] = field(default_factory=dict)
+    #: A batching engine's scheduler: what the engine metrics are read from.
+    scheduler: SchedulerStats | None = None
 
     @property
     def ready(self) -> bool:

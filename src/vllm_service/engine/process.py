@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 
 import httpx2
 
-from vllm_service.config import ProcessOptions, SamplingDefaultsConfig, UpstreamOptions
 from vllm_service.engine.base import (
     EngineError,
     EngineHealth,
@@ -25,6 +24,7 @@ from vllm_service.engine.base import (
     ModelCard,
     TokenDelta,
 )
+from vllm_service.engine.options import ProcessOptions, SamplingDefaultsConfig, UpstreamOptions
 from vllm_service.engine.upstream import UpstreamEngine
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class ProcessEngine:
         return EngineHealth(
             state=self._state,
             device="process",
-            detail={
+            info={
                 "command": " ".join(self.argv),
                 "port": self.port,
                 "pid": process.pid if process is not None and process.returncode is None else 0,

@@ -25,7 +25,6 @@ from typing import Any
 import aiohttp
 from opentelemetry import propagate
 
-from vllm_service.config import SamplingDefaultsConfig, UpstreamOptions
 from vllm_service.engine.base import (
     SAMPLING_KNOBS,
     EngineError,
@@ -43,6 +42,7 @@ from vllm_service.engine.base import (
     Usage,
     choice_seed,
 )
+from vllm_service.engine.options import SamplingDefaultsConfig, UpstreamOptions
 
 #: Longest Retry-After honoured from an upstream (seconds).
 MAX_RETRY_AFTER = 30.0
@@ -240,7 +240,7 @@ class UpstreamEngine:
         return EngineHealth(
             state=self._state,
             device="upstream",
-            detail={
+            info={
                 "base_url": self.options.base_url,
                 "upstream_model": self.options.model,
                 "requests": self._requests,

@@ -1,7 +1,13 @@
 """The model manager: model names and aliases to engines."""
 
 from vllm_service.manager.cache import CacheControl, ResponseCache
-from vllm_service.manager.manager import ModelManager, Route, ServedModel, UnknownModelError
+from vllm_service.manager.manager import (
+    ModelManager,
+    Route,
+    ServedModel,
+    UnknownModelError,
+    build_engine,
+)
 
 __all__ = [
     "CacheControl",
@@ -10,4 +16,5 @@ __all__ = [
     "Route",
     "ServedModel",
     "UnknownModelError",
+    "build_engine",
 ]

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from vllm_service.accounting.stats import CacheStats
 from vllm_service.config import CacheConfig, ModelConfig
 from vllm_service.engine import FinishReason, GenerationRequest, TokenDelta
 from vllm_service.engine.base import TokenLogprob, TopLogprob, Usage
@@ -393,7 +394,18 @@ class ResponseCache:
         if ping is not None and self.degraded:
             await self._guarded("ping", ping, None)
 
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            lookups=dict(self.lookups),
+            errors=dict(self.errors),
+            stores=self.stores,
+            single_flight_waits=self.single_flight_waits,
+            degraded=self.degraded,
+            store=self.store.stats(),
+        )
+
     def health(self) -> dict[str, Any]:
+        store = self.store.stats()
         body: dict[str, Any] = {
             "enabled": self.config.enabled,
             "backend": self.config.backend,
@@ -401,7 +413,7 @@ class ResponseCache:
             "semantic": self._embedder is not None,
             "stores": self.stores,
             "errors": sum(self.errors.values()),
-            **self.store.stats(),
+            **(dataclasses.asdict(store) if store is not None else {}),
         }
         if self.degraded and self.last_error:
             body["error"] = self.last_error

@@ -24,6 +24,8 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from vllm_service.accounting.stats import StoreStats
+
 Vector = npt.NDArray[np.float32]
 
 
@@ -46,8 +48,8 @@ class CacheStore(Protocol):
 
     async def add_neighbour(self, context: str, key: str, vector: Vector, ttl: float) -> None: ...
 
-    def stats(self) -> dict[str, int]:
-        """Entries, bytes and evictions this process knows of."""
+    def stats(self) -> StoreStats | None:
+        """Entries, bytes and evictions, where this process knows them."""
         ...
 
     async def close(self) -> None: ...
@@ -143,13 +145,13 @@ class MemoryStore:
         if len(keys) > self.max_neighbours:
             del keys[0], vectors[0]
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "entries": len(self._entries),
-            "bytes": self._bytes,
-            "evictions": self.evictions,
-            "expirations": self.expirations,
-        }
+    def stats(self) -> StoreStats | None:
+        return StoreStats(
+            entries=len(self._entries),
+            bytes=self._bytes,
+            evictions=self.evictions,
+            expirations=self.expirations,
+        )
 
     async def close(self) -> None:
         return None
@@ -259,8 +261,8 @@ class RedisStore:
                 if others:
                     await self._redis.hdel(name, *others)
 
-    def stats(self) -> dict[str, int]:
-        return {}
+    def stats(self) -> StoreStats | None:
+        return None  # shared by every replica: this process does not know
 
     async def ping(self) -> None:
         async with asyncio.timeout(self._timeout):

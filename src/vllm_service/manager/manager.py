@@ -25,17 +25,17 @@ from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
+from vllm_service.accounting.stats import DeploymentStats
 from vllm_service.config import ModelConfig, RetryConfig
 from vllm_service.engine import (
     Engine,
     EngineError,
-    EngineHealth,
     EngineUnavailableError,
     GenerationRequest,
     InvalidRequestError,
     TokenDelta,
-    build_engine,
 )
+from vllm_service.engine.registry import kind_named
 from vllm_service.manager.breaker import BreakerOpenError, CircuitBreaker, Permit
 from vllm_service.manager.cache import (
     AnswerRecorder,
@@ -47,8 +47,10 @@ from vllm_service.manager.cache import (
 
 logger = logging.getLogger(__name__)
 
-#: Breaker state as a number, for the metrics gauge.
-BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+def build_engine(model: ModelConfig) -> Engine:
+    """The engine a model entry asks for, built by its kind's factory (engine/registry.py)."""
+    return kind_named(model.engine).build(model.name, model.options, model.defaults)
 
 
 class UnknownModelError(LookupError):
@@ -185,29 +187,29 @@ class ModelManager:
         except Exception as exc:
             logger.exception("an engine failed to start")
             self.startup_error = exc
-        for dep_id, health in (await self.health()).items():
-            self._devices[dep_id] = health.device
+        for dep_id, stats in (await self.health()).items():
+            self._devices[dep_id] = stats.engine.device
 
     async def stop(self) -> None:
         await asyncio.gather(*(d.engine.stop() for d in self.deployments), return_exceptions=True)
         if self.cache is not None:
             await self.cache.close()
 
-    async def health(self) -> dict[str, EngineHealth]:
+    async def health(self) -> dict[str, DeploymentStats]:
         """Each deployment's engine health, with its breaker and routing counters."""
         deployments = self.deployments
         results = await asyncio.gather(*(d.engine.health() for d in deployments))
-        out = {}
-        for dep, h in zip(deployments, results, strict=True):
-            detail: dict[str, int | float | str] = dict(h.detail)
-            detail["model"] = dep.config.name
-            detail["breaker"] = dep.breaker.state.value
-            detail["breaker_opened"] = dep.breaker.opened_total
-            detail["in_flight"] = dep.in_flight
-            for outcome, count in dep.outcomes.items():
-                detail[f"attempts_{outcome}"] = count
-            out[dep.id] = EngineHealth(state=h.state, device=h.device, detail=detail)
-        return out
+        return {
+            dep.id: DeploymentStats(
+                model=dep.config.name,
+                engine=health,
+                breaker=dep.breaker.state.value,
+                breaker_opened=dep.breaker.opened_total,
+                in_flight=dep.in_flight,
+                attempts=dict(dep.outcomes),
+            )
+            for dep, health in zip(deployments, results, strict=True)
+        }
 
     # -- routing ----------------------------------------------------------------------------
 

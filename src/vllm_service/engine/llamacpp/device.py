@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vllm_service.config import Device, LlamaCppOptions
+from vllm_service.engine.llamacpp.options import Device, LlamaCppOptions
 
 #: llama.cpp clamps this to the model's layer count: "offload everything".
 ALL_LAYERS = 999

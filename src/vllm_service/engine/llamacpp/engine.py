@@ -11,7 +11,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vllm_service.config import BUNDLED_MODEL, LlamaCppOptions, SamplingDefaultsConfig
 from vllm_service.engine.base import (
     ContextLengthExceededError,
     EngineHealth,
@@ -35,10 +34,12 @@ from vllm_service.engine.llamacpp.model_files import (
     resolve_model_path,
 )
 from vllm_service.engine.llamacpp.native_log import NativeOutput, native_stderr_captured
+from vllm_service.engine.llamacpp.options import BUNDLED_MODEL, LlamaCppOptions
 from vllm_service.engine.llamacpp.prompt import PromptTokenizer
 from vllm_service.engine.llamacpp.sampling import NEUTRAL_SAMPLING, SamplerChain
 from vllm_service.engine.llamacpp.scheduler import Post, Scheduler, Sequence
 from vllm_service.engine.llamacpp.text_output import TextOutput
+from vllm_service.engine.options import SamplingDefaultsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -197,22 +198,20 @@ class LlamaCppEngine:
         ]
 
     async def health(self) -> EngineHealth:
-        detail: dict[str, int | float | str] = {
-            "model_path": str(self.model_path),
-            "n_gpu_layers": self.placement.n_gpu_layers,
-            "n_threads": self.placement.n_threads,
-            "max_model_len": self.options.max_model_len,
-            "max_num_seqs": self.options.max_num_seqs,
-        }
-        if self._scheduler is not None:
-            detail.update(dataclasses.asdict(self._scheduler.stats()))
-        detail["grammar_conversions"] = self._grammars.conversions
-        detail["grammar_cache_hits"] = self._grammars.cache_hits
-        detail["grammar_refusals"] = self._grammars.refused
         return EngineHealth(
             state=self._state,
             device=self.placement.device,
-            detail=detail,
+            info={
+                "model_path": str(self.model_path),
+                "n_gpu_layers": self.placement.n_gpu_layers,
+                "n_threads": self.placement.n_threads,
+                "max_model_len": self.options.max_model_len,
+                "max_num_seqs": self.options.max_num_seqs,
+                "grammar_conversions": self._grammars.conversions,
+                "grammar_cache_hits": self._grammars.cache_hits,
+                "grammar_refusals": self._grammars.refused,
+            },
+            scheduler=self._scheduler.stats() if self._scheduler is not None else None,
         )
 
     def _check(self, model: LlamaModel, req: GenerationRequest, prompt: list[int]) -> int:

@@ -39,6 +39,7 @@ from vllm_service.engine.base import (
     FinishReason,
     PromptTokenLogprob,
     SamplingParams,
+    SchedulerStats,
     Timing,
     TokenDelta,
     TokenLogprob,
@@ -143,34 +144,6 @@ class Slot:
         if self.seq is not None:
             return self.seq.tokens[: self.seq.n_past]
         return self.cached
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerStats:
-    running: int
-    waiting: int
-    waiting_tokens: int
-    #: Cells holding data in llama.cpp's KV cache (running sequences + prefix-cache entries).
-    kv_cells_used: int
-    #: Of those, cells kept only as prefix-cache entries (idle slots).
-    kv_cells_cached: int
-    kv_cells_total: int
-    steps: int
-    preemptions: int
-    #: Sequences accepted into the queue, and those that ran to a finish reason: once nothing
-    #: runs or waits, submitted = completed + aborted + queue_timeouts + failed ones.
-    submitted: int
-    completed: int
-    aborted: int
-    queue_timeouts: int
-    rejected: int
-    #: Prompt tokens of admitted sequences, and how many of them came from the prefix cache.
-    prompt_tokens: int
-    prefix_cache_hit_tokens: int
-    prefix_cache_copies: int
-    #: Seconds spent in llama_decode, and in sampling and detokenizing after it.
-    decode_seconds: float
-    sample_seconds: float
 
 
 class Scheduler:

@@ -1,0 +1,176 @@
+"""Metrics read at scrape time: the deployments' engines and breakers, and the response cache.
+
+Each metric is read from an attribute of a typed snapshot (accounting/stats.py,
+engine/base.py's SchedulerStats), so renaming a field is a type error, not a metric gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from vllm_service.accounting.stats import BREAKER_STATES, CacheStats, DeploymentStats
+from vllm_service.engine.base import SchedulerStats
+
+Read = Callable[[SchedulerStats], int | float]
+
+#: Scheduler counters, exported as vllm_engine_<name>_total.
+SCHEDULER_COUNTERS: tuple[tuple[str, str, Read], ...] = (
+    (
+        "prefix_cache_hit_tokens",
+        "Prompt tokens served from the prefix cache.",
+        lambda s: s.prefix_cache_hit_tokens,
+    ),
+    ("prompt_tokens", "Prompt tokens of sequences the engine admitted.", lambda s: s.prompt_tokens),
+    (
+        "preemptions",
+        "Sequences preempted (recomputed later) for lack of KV cache.",
+        lambda s: s.preemptions,
+    ),
+    ("submitted", "Sequences the engine accepted into its queue.", lambda s: s.submitted),
+    ("completed", "Sequences that ran to a finish reason (stop or length).", lambda s: s.completed),
+    ("aborted", "Sequences aborted because their client went away.", lambda s: s.aborted),
+    (
+        "queue_timeouts",
+        "Requests that waited longer than queue_timeout for a slot.",
+        lambda s: s.queue_timeouts,
+    ),
+    ("rejected", "Requests refused because the waiting queue was full.", lambda s: s.rejected),
+)
+#: Scheduler gauges, by their metric names.
+SCHEDULER_GAUGES: tuple[tuple[str, str, Read], ...] = (
+    ("vllm_num_requests_running", "Sequences generating now.", lambda s: s.running),
+    ("vllm_num_requests_waiting", "Sequences waiting for a slot.", lambda s: s.waiting),
+    (
+        "vllm_num_waiting_prompt_tokens",
+        "Prompt tokens waiting for a slot.",
+        lambda s: s.waiting_tokens,
+    ),
+    ("vllm_kv_cache_cells_used", "KV cache cells holding data.", lambda s: s.kv_cells_used),
+    (
+        "vllm_kv_cache_cells_cached",
+        "KV cells kept only for prefix reuse.",
+        lambda s: s.kv_cells_cached,
+    ),
+    ("vllm_kv_cache_cells_total", "KV cache cells in all.", lambda s: s.kv_cells_total),
+)
+
+
+class DeploymentCollector(Collector):
+    """Reads the deployments' stats as last refreshed by ``Metrics.refresh_engines``."""
+
+    def __init__(self) -> None:
+        self.snapshot: Mapping[str, DeploymentStats] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._routing()
+        yield from self._engines()
+
+    def _routing(self) -> Iterable[Metric]:
+        state = GaugeMetricFamily(
+            "vllm_circuit_breaker_state",
+            "Circuit breaker of a deployment: 0 closed, 1 half-open, 2 open.",
+            labels=["deployment"],
+        )
+        opened = CounterMetricFamily(
+            "vllm_circuit_breaker_open",
+            "Times a deployment's circuit breaker opened.",
+            labels=["deployment"],
+        )
+        attempts = CounterMetricFamily(
+            "vllm_upstream_attempts",
+            "Attempts sent to a deployment, by outcome (success, failure, overloaded, "
+            "client_error, cancelled, rejected by its breaker).",
+            labels=["deployment", "outcome"],
+        )
+        for deployment, stats in self.snapshot.items():
+            state.add_metric([deployment], BREAKER_STATES.index(stats.breaker))
+            opened.add_metric([deployment], stats.breaker_opened)
+            for outcome, count in sorted(stats.attempts.items()):
+                attempts.add_metric([deployment, outcome], count)
+        yield from (state, opened, attempts)
+
+    def _engines(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily("vllm_engine_up", "1 when the engine is ready.", labels=["model"])
+        usage = GaugeMetricFamily(
+            "vllm_kv_cache_usage_ratio",
+            "Share of KV cells used by running sequences (cached prefixes excluded).",
+            labels=["model"],
+        )
+        gauges = [
+            (GaugeMetricFamily(name, doc, labels=["model"]), read)
+            for name, doc, read in SCHEDULER_GAUGES
+        ]
+        counters = [
+            (CounterMetricFamily(f"vllm_engine_{name}", doc, labels=["model"]), read)
+            for name, doc, read in SCHEDULER_COUNTERS
+        ]
+        for model, stats in self.snapshot.items():
+            up.add_metric([model], 1.0 if stats.ready else 0.0)
+            scheduler = stats.engine.scheduler
+            if scheduler is None:
+                continue
+            for gauge, read in gauges:
+                gauge.add_metric([model], float(read(scheduler)))
+            for counter, read in counters:
+                counter.add_metric([model], float(read(scheduler)))
+            if scheduler.kv_cells_total:
+                live = scheduler.kv_cells_used - scheduler.kv_cells_cached
+                usage.add_metric([model], live / scheduler.kv_cells_total)
+        yield from (up, usage)
+        yield from (family for family, _ in gauges)
+        yield from (family for family, _ in counters)
+
+
+class CacheCollector(Collector):
+    """Reads the response cache's counters at scrape time."""
+
+    def __init__(self, stats: Callable[[], CacheStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.stats()
+        lookups = CounterMetricFamily(
+            "vllm_cache_lookups",
+            "Response-cache outcomes per sequence: hit, semantic_hit, stale_hit, miss, refresh "
+            "(client sent no-cache), bypass (not cacheable, or no-store).",
+            labels=["model", "outcome"],
+        )
+        for (model, outcome), count in sorted(stats.lookups.items()):
+            lookups.add_metric([model, outcome], count)
+        errors = CounterMetricFamily(
+            "vllm_cache_errors",
+            "Failed cache-store calls (each served uncached), by operation.",
+            labels=["operation"],
+        )
+        for op, count in sorted(stats.errors.items()):
+            errors.add_metric([op], count)
+        yield from (lookups, errors)
+        yield CounterMetricFamily(
+            "vllm_cache_stores", "Answers written to the cache.", value=stats.stores
+        )
+        yield CounterMetricFamily(
+            "vllm_cache_single_flight_waits",
+            "Requests that waited for an identical one already generating.",
+            value=stats.single_flight_waits,
+        )
+        yield GaugeMetricFamily(
+            "vllm_cache_up",
+            "1 when the cache store answers; 0 while it is failing (requests go uncached).",
+            value=0.0 if stats.degraded else 1.0,
+        )
+        store = stats.store
+        if store is not None:
+            yield GaugeMetricFamily(
+                "vllm_cache_entries", "Answers held in memory.", value=store.entries
+            )
+            yield GaugeMetricFamily(
+                "vllm_cache_bytes", "Bytes of answers held in memory.", value=store.bytes
+            )
+            yield CounterMetricFamily(
+                "vllm_cache_evictions",
+                "Answers evicted to stay within max_entries / max_bytes.",
+                value=store.evictions,
+            )

@@ -1,0 +1,203 @@
+"""Service-wide settings: the HTTP server, observability, the response cache, cost prices."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from vllm_service.accounting.cost import HardwareCost, HostedPrice
+from vllm_service.config.models import _Strict
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8090
+DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
+
+
+class ServerConfig(_Strict):
+    """HTTP server settings."""
+
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty = CORS off."
+    )
+    max_request_body_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BODY_BYTES, ge=1024, description="Larger bodies get 413."
+    )
+    max_n: int = Field(default=16, ge=1, le=128, description="Largest 'n' (choices) accepted.")
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers (then 408 and close).",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest gap, in seconds, between the bytes of a request body (then close).",
+    )
+    keep_alive_timeout: int = Field(
+        default=5, ge=1, description="Seconds an idle keep-alive connection stays open."
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Open connections at most; one more is answered 503 and closed.",
+    )
+    drain_delay: float = Field(
+        default=0.0,
+        ge=0,
+        description="After SIGTERM, seconds /ready answers 503 while still serving, so a load "
+        "balancer stops sending traffic before the server stops accepting.",
+    )
+    shutdown_grace: float = Field(
+        default=30.0, gt=0, description="Seconds in-flight requests get to finish after SIGTERM."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+class ObservabilityConfig(_Strict):
+    """Metrics, the latency SLI and request logs."""
+
+    latency_window_seconds: float = Field(
+        default=300.0, gt=0, description="Rolling window of /performance/latency."
+    )
+    latency_target_ms: float = Field(
+        default=50.0, gt=0, description="End-to-end latency a request should meet."
+    )
+    ttft_target_ms: float = Field(
+        default=50.0, gt=0, description="Time to first token a request should meet."
+    )
+    slo: float = Field(
+        default=0.95,
+        gt=0,
+        lt=1,
+        description="Share of requests that should meet the end-to-end target (error budget).",
+    )
+    latency_samples_per_model: int = Field(
+        default=10_000,
+        ge=100,
+        description="Most recent requests kept per model for the percentiles (bounds memory).",
+    )
+    enabled: bool = Field(
+        default=True,
+        description="Per-request metrics, the latency window, request logs and spans; off only "
+        "to measure what they cost (the engine and cache gauges stay on /metrics).",
+    )
+    log_requests: bool = Field(default=True, description="One JSON log line per request.")
+    tracing: bool = Field(
+        default=False,
+        description="Export OpenTelemetry traces over OTLP, configured by the OTEL_* "
+        "environment variables (install the 'tracing' extra).",
+    )
+
+
+class SemanticCacheConfig(_Strict):
+    """Semantic lookups: a reworded last message may hit an answer cached for another wording."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Off by default: a close wording is not always the same question.",
+    )
+    threshold: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Cosine similarity of the last message's embedding needed for a hit.",
+    )
+    max_neighbours: int = Field(
+        default=1000,
+        ge=1,
+        description="Most embeddings kept per context (same model, parameters and earlier "
+        "messages); the oldest are dropped first.",
+    )
+
+
+class CacheConfig(_Strict):
+    """The response cache: answers to repeated requests, served without generating."""
+
+    enabled: bool = Field(default=True, description="Cache reproducible answers.")
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="memory: this process only; redis: shared by every replica.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="The Redis server (backend redis)."
+    )
+    redis_timeout: float = Field(
+        default=0.25,
+        gt=0,
+        description="Seconds a Redis call may take; slower counts as Redis being down.",
+    )
+    redis_retry_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="After a Redis failure, seconds served uncached before trying Redis again.",
+    )
+    key_prefix: str = Field(default="vllm-service:cache:", description="Redis key prefix.")
+    ttl: float = Field(default=3600.0, gt=0, description="Seconds an answer stays fresh.")
+    stale_if_error: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds past its TTL an answer may still serve when every deployment of "
+        "the model fails (the cache step of the fallback chain); 0 = never.",
+    )
+    max_entries: int = Field(
+        default=10_000, ge=1, description="Answers kept in memory; least recently used go first."
+    )
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="Bytes of answers kept in memory."
+    )
+    cache_sampled: bool = Field(
+        default=False,
+        description="Also cache sampled answers (temperature > 0 without a seed), which a "
+        "repeat would not reproduce.",
+    )
+    single_flight_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds an identical request waits for one already generating before it "
+        "generates on its own.",
+    )
+    semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
+
+
+# The defaults of the cost model live with it (accounting/cost.py), once.
+_HOSTED, _HARDWARE = HostedPrice(), HardwareCost()
+
+
+class HostedPriceConfig(_Strict):
+    """The hosted API this service replaces, at its list price."""
+
+    name: str = Field(default=_HOSTED.name, description="Shown in metrics and reports.")
+    input_per_million: float = Field(
+        default=_HOSTED.input_per_million, ge=0, description="$ per 1M prompt tokens."
+    )
+    output_per_million: float = Field(
+        default=_HOSTED.output_per_million, ge=0, description="$ per 1M completion tokens."
+    )
+
+
+class HardwareCostConfig(_Strict):
+    """What the machine running this process costs: rented by the hour, or owned."""
+
+    hourly: float = Field(default=_HARDWARE.hourly, ge=0, description="Rent, $ per hour.")
+    purchase_price: float = Field(
+        default=_HARDWARE.purchase_price, ge=0, description="Owned: purchase price, $."
+    )
+    amortize_months: float = Field(
+        default=_HARDWARE.amortize_months, gt=0, description="Months to spread it over."
+    )
+    power_watts: float = Field(
+        default=_HARDWARE.power_watts, ge=0, description="Power drawn under load."
+    )
+    kwh_price: float = Field(
+        default=_HARDWARE.kwh_price, ge=0, description="Electricity, $ per kWh."
+    )
+
+
+class CostConfig(_Strict):
+    """Prices for the savings metrics: the hosted API's and this hardware's."""
+
+    hosted: HostedPriceConfig = Field(default_factory=HostedPriceConfig)
+    hardware: HardwareCostConfig = Field(default_factory=HardwareCostConfig)
