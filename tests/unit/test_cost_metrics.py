@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vllm_service.accounting.cost import HardwareCost, HostedPrice
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import RequestRecord
+from vllm_service.engine.base import Usage
 
 
 def scrape(metrics: Metrics) -> dict[str, float]:
@@ -25,10 +26,11 @@ def test_savings_are_the_hosted_price_of_the_tokens_minus_the_hardware_time() ->
     )
     rec = RequestRecord("r", "/v1/chat/completions", "POST", started=0.0)
     rec.status, rec.model, rec.latency = 200, "m", 0.5
-    rec.prompt_tokens, rec.completion_tokens = 1000, 500
+    rec.usage.add(0, Usage(prompt_tokens=1000, completion_tokens=500))
     metrics.observe(rec)
     failed = RequestRecord("f", "/v1/chat/completions", "POST", started=0.0)
-    failed.status, failed.model, failed.prompt_tokens = 503, "m", 1000
+    failed.status, failed.model = 503, "m"
+    failed.usage.add(0, Usage(prompt_tokens=1000, completion_tokens=0))
     metrics.observe(failed)  # nothing answered: nothing saved
     now[0] += 1.0  # one second of hardware at 3.6 $/h = 0.001 $
     values = scrape(metrics)

@@ -48,24 +48,30 @@ class RequestRecord:
     #: Seconds from the request's arrival to its response's end, and to its first token.
     latency: float | None = None
     ttft: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
     queue_time: float | None = None
     inter_token_times: list[float] = field(default_factory=list)
     finished_choices: int = 0
     #: The engine's timing of each finished choice (for trace spans).
     timings: list[Timing] = field(default_factory=list)
+    #: The request's usage: the response's own tally (api/serving.py), added up once.
     usage: UsageTally = field(default_factory=UsageTally)
 
-    def add_final(self, choice: int, delta: TokenDelta) -> None:
-        """Account one choice's final delta (usage, and the engine's own timing)."""
+    @property
+    def prompt_tokens(self) -> int:
+        return self.usage.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.usage.completion_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.usage.cached_tokens
+
+    def add_final(self, delta: TokenDelta) -> None:
+        """Account one choice's final delta: the engine's own timing (usage is tallied by
+        the response)."""
         self.finished_choices += 1
-        if delta.usage is not None:
-            self.usage.add(choice, delta.usage)
-            self.prompt_tokens = self.usage.prompt_tokens
-            self.cached_tokens = self.usage.cached_tokens
-            self.completion_tokens = self.usage.completion_tokens
         if delta.timing is not None:
             self.timings.append(delta.timing)
             if self.queue_time is None:

@@ -33,7 +33,8 @@ def emit_engine_spans(tracer: trace.Tracer, rec: RequestRecord) -> None:
     _epoch_ns = _epoch_clock()
     for index, timing in enumerate(rec.timings):
         start = timing.submitted_at
-        scheduled = start + timing.queue_time
+        # An engine that cannot see its queue (an upstream) gets no queue span.
+        scheduled = start + (timing.queue_time or 0.0)
         first = start + timing.time_to_first_token
         end = first + timing.decode_time
         attributes: dict[str, str | int] = {
@@ -45,11 +46,10 @@ def emit_engine_spans(tracer: trace.Tracer, rec: RequestRecord) -> None:
             "vllm.generate", start_time=_epoch_ns(start), attributes=attributes
         )
         context = trace.set_span_in_context(generate)
-        for name, begin, finish in (
-            ("vllm.queue", start, scheduled),
-            ("vllm.prefill", scheduled, first),
-            ("vllm.decode", first, end),
-        ):
+        phases = [("vllm.prefill", scheduled, first), ("vllm.decode", first, end)]
+        if timing.queue_time is not None:
+            phases.insert(0, ("vllm.queue", start, scheduled))
+        for name, begin, finish in phases:
             span = tracer.start_span(name, context=context, start_time=_epoch_ns(begin))
             span.end(end_time=_epoch_ns(finish))
         generate.set_attribute("vllm.completion_tokens", len(timing.inter_token_times) + 1)

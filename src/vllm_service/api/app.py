@@ -23,9 +23,12 @@ from vllm_service.api import openai, ops, tokenize
 from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import BodySizeLimit, install_error_handlers
 from vllm_service.api.observe import Observe
-from vllm_service.config import ModelConfig, Settings
+from vllm_service.config import ModelConfig, ObservabilityConfig, Settings
 from vllm_service.engine import Engine
 from vllm_service.manager import ModelManager, ResponseCache, build_engine
+
+#: Every router of the app, in the order they are matched.
+ROUTERS = (*openai.ROUTERS, ops.router, tokenize.router)
 
 
 def create_app(
@@ -43,7 +46,44 @@ def create_app(
     """
     cache = ResponseCache(settings.cache) if settings.cache.enabled else None
     manager = ModelManager(settings.models, engine_factory, cache=cache)
+    otel = _telemetry(settings.observability, telemetry)
+    # Swagger UI's assets come from the installed fastapi-offline package, not a CDN that an
+    # air-gapped deployment cannot reach.
+    app = FastAPIOffline(
+        title="vllm-service",
+        version=__version__,
+        description="A self-hosted, OpenAI-compatible LLM service.",
+        lifespan=_lifespan(manager, on_fatal),
+        telemetry=otel,
+    )
+    provider = otel.get("tracer_provider") or trace.get_tracer_provider()
+    tracer = provider.get_tracer(TRACER_NAME, __version__)
+    app.state.tracer = manager.tracer = tracer
+    app.state.manager = manager
+    app.state.server_config = settings.server
+    app.state.connection_guard = ConnectionGuard(
+        header_timeout=settings.server.header_timeout,
+        body_timeout=settings.server.body_timeout,
+        max_connections=settings.server.max_connections,
+    )
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_request_body_bytes)
+    _observe(app, settings, cache, tracer)
+    return app
 
+
+def _lifespan(
+    manager: ModelManager, on_fatal: Callable[[BaseException], None] | None
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load() -> None:
@@ -61,7 +101,10 @@ def create_app(
             await loading
             await manager.stop()
 
-    obs = settings.observability
+    return lifespan
+
+
+def _telemetry(obs: ObservabilityConfig, overrides: TelemetryConfig | None) -> TelemetryConfig:
     # Spans only: metrics are Prometheus', and the request log is ours. With tracing on,
     # FastAPI configures OTLP exporters from the standard OTEL_* environment variables.
     otel: TelemetryConfig = {
@@ -73,71 +116,39 @@ def create_app(
         "operation_spans": False,
         "auto_configure": obs.enabled and obs.tracing,
     }
-    otel.update(telemetry or {})
-    # Swagger UI's assets come from the installed fastapi-offline package, not a CDN that an
-    # air-gapped deployment cannot reach.
-    app = FastAPIOffline(
-        title="vllm-service",
-        version=__version__,
-        description="A self-hosted, OpenAI-compatible LLM service.",
-        lifespan=lifespan,
-        telemetry=otel,
-    )
-    provider = otel.get("tracer_provider") or trace.get_tracer_provider()
-    tracer = provider.get_tracer(TRACER_NAME, __version__)
-    app.state.tracer = tracer
-    manager.tracer = tracer
-    app.state.manager = manager
-    app.state.server_config = settings.server
-    app.state.connection_guard = ConnectionGuard(
-        header_timeout=settings.server.header_timeout,
-        body_timeout=settings.server.body_timeout,
-        max_connections=settings.server.max_connections,
-    )
-    install_error_handlers(app)
-    app.include_router(openai.router)
-    app.include_router(ops.router)
-    app.include_router(tokenize.router)
-    if settings.server.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.server.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["*"],
-        )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_request_body_bytes)
-    prices = settings.cost
-    metrics = Metrics(
+    otel.update(overrides or {})
+    return otel
+
+
+def _observe(
+    app: FastAPI, settings: Settings, cache: ResponseCache | None, tracer: trace.Tracer
+) -> None:
+    """Metrics, the latency window, and (unless observability is off) the middleware that
+    feeds them every request."""
+    obs, prices = settings.observability, settings.cost
+    app.state.metrics = metrics = Metrics(
         latency_target=obs.latency_target_ms / 1e3,
         cache=cache.stats if cache is not None else None,
         hosted=HostedPrice(**prices.hosted.model_dump()),
         hardware=HardwareCost(**prices.hardware.model_dump()),
     )
-    latency = LatencyWindow(
+    app.state.latency = latency = LatencyWindow(
         window_seconds=obs.latency_window_seconds,
         latency_target=obs.latency_target_ms / 1e3,
         ttft_target=obs.ttft_target_ms / 1e3,
         slo=obs.slo,
         max_samples=obs.latency_samples_per_model,
     )
-    if obs.enabled and obs.log_requests:
-        configure_request_log()
-    app.state.metrics = metrics
-    app.state.latency = latency
     if not obs.enabled:
-        return app
+        return
+    if obs.log_requests:
+        configure_request_log()
     # Outermost of ours: it times everything, including the 413s of the body limit.
     app.add_middleware(
         Observe,
         metrics=metrics,
         latency=latency,
-        routes=[
-            r.path
-            for rt in (openai.router, ops.router, tokenize.router)
-            for r in rt.routes
-            if isinstance(r, APIRoute)
-        ],
+        routes=[r.path for rt in ROUTERS for r in rt.routes if isinstance(r, APIRoute)],
         log_requests=obs.log_requests,
         tracer=tracer,
     )
-    return app

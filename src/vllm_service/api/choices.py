@@ -1,76 +1,88 @@
 """Running the n choices of one request side by side, as one stream of (choice index, delta).
 
-Every choice is its own engine sequence. Before a response starts, each choice's first delta is
-awaited, so that anything the engine rejects (context length, grammar, a full queue) becomes a
-plain HTTP error instead of a broken stream. Closing the stream closes every engine iterator,
-which aborts their sequences.
+Every choice is its own engine sequence, started by the manager, which returns once the
+choice's first delta is in hand: anything the engine rejects (context length, grammar, a full
+queue) becomes a plain HTTP error instead of a broken stream. The request's usage is added up
+here, once, as each choice's final delta passes. Closing the stream closes every choice, which
+aborts their sequences.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final
 
+from vllm_service.accounting.usage import UsageTally
 from vllm_service.engine import TokenDelta
+from vllm_service.manager import Answer, Route
 
 _DONE: Final = object()
 
 
 class ChoiceStreams:
-    """The engine iterators of one request's choices, primed and then merged."""
+    """The started answers of one request's choices, merged."""
 
     def __init__(
         self,
-        streams: Sequence[AsyncIterator[TokenDelta]],
+        answers: Sequence[Answer],
+        usage: UsageTally | None = None,
         on_final: Callable[[int, TokenDelta], None] | None = None,
     ) -> None:
-        self._streams = list(streams)
-        self._first: list[TokenDelta] = []
+        self._answers = list(answers)
+        #: The request's usage, complete once every choice has finished.
+        self.usage = usage if usage is not None else UsageTally()
         #: Called with each choice's index and final delta (usage, timing) as it passes.
         self._on_final = on_final
 
-    async def prime(self) -> None:
-        """Await every choice's first delta; on any failure close all and re-raise."""
-        if len(self._streams) == 1:  # the common case: no task needed
-            try:
-                self._first = [await anext(self._streams[0])]
-            except BaseException:
-                await self.aclose()
-                raise
-            return
-        tasks = [asyncio.ensure_future(anext(s)) for s in self._streams]
+    @classmethod
+    async def start(
+        cls,
+        starts: Sequence[Awaitable[Answer]],
+        usage: UsageTally | None = None,
+        on_final: Callable[[int, TokenDelta], None] | None = None,
+    ) -> ChoiceStreams:
+        """Start every choice together; if one fails, close the others and re-raise."""
+        if len(starts) == 1:  # the common case: no task needed
+            return cls([await starts[0]], usage, on_final)
+        tasks = [asyncio.ensure_future(s) for s in starts]
         try:
-            self._first = list(await asyncio.gather(*tasks))
+            answers = await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self.aclose()
+            for task in tasks:
+                if not task.cancelled() and task.exception() is None:
+                    await task.result().aclose()
             raise
+        return cls(answers, usage, on_final)
+
+    @property
+    def routes(self) -> list[Route]:
+        """How each choice is being served."""
+        return [a.route for a in self._answers]
 
     async def aclose(self) -> None:
-        for stream in self._streams:
-            closer = getattr(stream, "aclose", None)
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    await closer()
+        for answer in self._answers:
+            with contextlib.suppress(Exception):
+                await answer.aclose()
+
+    def _passed(self, index: int, delta: TokenDelta) -> tuple[int, TokenDelta]:
+        if delta.finish_reason is not None:
+            if delta.usage is not None:
+                self.usage.add(index, delta.usage)
+            if self._on_final is not None:
+                self._on_final(index, delta)
+        return index, delta
 
     async def merged(self) -> AsyncIterator[tuple[int, TokenDelta]]:
         """Deltas of all choices in arrival order; engine errors propagate."""
-        async for index, delta in self._merged():
-            if delta.finish_reason is not None and self._on_final is not None:
-                self._on_final(index, delta)
-            yield index, delta
-
-    async def _merged(self) -> AsyncIterator[tuple[int, TokenDelta]]:
-        if len(self._streams) == 1:
+        if len(self._answers) == 1:
             try:
-                yield 0, self._first[0]
-                if self._first[0].finish_reason is None:
-                    async for delta in self._streams[0]:
-                        yield 0, delta
+                async for delta in self._answers[0]:
+                    yield self._passed(0, delta)
             finally:
                 await self.aclose()
             return
@@ -78,17 +90,14 @@ class ChoiceStreams:
 
         async def pump(index: int) -> None:
             try:
-                first = self._first[index]
-                await queue.put((index, first))
-                if first.finish_reason is None:
-                    async for delta in self._streams[index]:
-                        await queue.put((index, delta))
+                async for delta in self._answers[index]:
+                    await queue.put((index, delta))
             except Exception as exc:
                 await queue.put((index, exc))
             finally:
                 await queue.put((index, _DONE))
 
-        tasks = [asyncio.create_task(pump(i)) for i in range(len(self._streams))]
+        tasks = [asyncio.create_task(pump(i)) for i in range(len(self._answers))]
         remaining = len(tasks)
         try:
             while remaining:
@@ -98,7 +107,7 @@ class ChoiceStreams:
                 elif isinstance(item, BaseException):
                     raise item
                 elif isinstance(item, TokenDelta):
-                    yield index, item
+                    yield self._passed(index, item)
         finally:
             for task in tasks:
                 task.cancel()

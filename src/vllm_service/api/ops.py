@@ -15,7 +15,7 @@ from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.stats import DeploymentStats
 from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import error_body
-from vllm_service.api.openai import Manager
+from vllm_service.api.serving import Manager
 
 router = APIRouter(tags=["ops"])
 

@@ -306,11 +306,14 @@ class ChatMessageOut(BaseModel):
     refusal: str | None = None
 
 
+FinishReasonOut = Literal["stop", "length"]
+
+
 class ChatChoice(BaseModel):
     index: int
     message: ChatMessageOut
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReasonOut
 
 
 class ChatCompletionResponse(BaseModel):
@@ -323,16 +326,21 @@ class ChatCompletionResponse(BaseModel):
     system_fingerprint: str | None = None
 
 
+def _unset(value: object) -> bool:
+    return value is None
+
+
 class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+    # Keys not sent are left out, as OpenAI does: the last chunk of a choice has `delta: {}`.
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=_unset)
+    content: str | None = Field(default=None, exclude_if=_unset)
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReasonOut | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -356,7 +364,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: FinishReasonOut | None
 
 
 class CompletionResponse(BaseModel):

@@ -6,8 +6,10 @@ A request carrying ``x-vllm-service-timing: true`` gets a W3C ``Server-Timing`` 
 stream's headers leave before its timing is known. Phases, in milliseconds:
 
 * ``cache``: the response-cache lookup (and any wait for an identical request);
-* ``queue``, ``prefill``, ``decode``: the embedded engine's own timing of the first choice;
-* ``upstream``: time spent waiting on an upstream server (its first token, then the rest);
+* ``queue``, ``prefill``, ``decode``: the engine's own timing of the first choice, when the
+  engine measures its queue (the embedded one does);
+* ``upstream``: time spent waiting on an engine that does not say how long it queued (an
+  upstream server: its first token, then the rest);
 * ``total``: from the request's arrival to its last token.
 """
 
@@ -32,8 +34,8 @@ def wants_timing(request: Request) -> bool:
 class ServerTiming:
     """Collects what one response needs for its Server-Timing value."""
 
-    routes: list[Route]
     started: float = field(default_factory=time.monotonic)
+    routes: list[Route] = field(default_factory=list)
     finals: list[TokenDelta] = field(default_factory=list)
 
     def add_final(self, delta: TokenDelta) -> None:
@@ -41,13 +43,11 @@ class ServerTiming:
 
     def value(self) -> str:
         phases: dict[str, float] = {}
-        cache = max((r.cache_seconds for r in self.routes), default=0.0)
         if any(r.cache_key is not None for r in self.routes):
-            phases["cache"] = cache
+            phases["cache"] = max(r.cache_seconds for r in self.routes)
         timing = next((f.timing for f in self.finals if f.timing is not None), None)
-        engine = next((r.engine for r in self.routes if r.engine is not None), None)
         if timing is not None:
-            if engine == "llamacpp":
+            if timing.queue_time is not None:
                 phases["queue"] = timing.queue_time
                 phases["prefill"] = timing.time_to_first_token - timing.queue_time
                 phases["decode"] = timing.decode_time

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from vllm_service.api.errors import InvalidRequest
-from vllm_service.api.openai import ERROR_RESPONSES, Manager, resolve_model
 from vllm_service.api.protocol import MAX_STRING_CHARS, ChatMessageIn, OpenAIBaseModel, check_text
+from vllm_service.api.responses import ERROR_RESPONSES
+from vllm_service.api.serving import Manager, resolve_model
 from vllm_service.engine import GenerationRequest, SamplingParams
 from vllm_service.engine.base import ChatMessage, Engine, Tokenizing
 

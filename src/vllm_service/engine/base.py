@@ -178,8 +178,9 @@ class Usage:
 class Timing:
     """Where one sequence's time went, in seconds (monotonic clock)."""
 
-    #: From submission until the scheduler gave it a slot.
-    queue_time: float
+    #: From submission until the scheduler gave it a slot; None where the engine cannot know
+    #: (an upstream server queues out of sight).
+    queue_time: float | None
     #: From submission until its first output token was sampled.
     time_to_first_token: float
     #: Gaps between consecutive output tokens.

@@ -316,7 +316,7 @@ class UpstreamEngine:
             finish_reason=finish,
             usage=usage or Usage(prompt_tokens=0, completion_tokens=len(stamps)),
             timing=Timing(
-                queue_time=0.0,
+                queue_time=None,
                 time_to_first_token=first - submitted,
                 inter_token_times=tuple(b - a for a, b in itertools.pairwise(stamps)),
                 submitted_at=submitted,

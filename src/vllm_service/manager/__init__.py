@@ -1,16 +1,15 @@
 """The model manager: model names and aliases to engines."""
 
+from vllm_service.manager.answer import CACHE_DEPLOYMENT, Answer, Route
 from vllm_service.manager.cache import CacheControl, ResponseCache
-from vllm_service.manager.manager import (
-    ModelManager,
-    Route,
-    ServedModel,
-    UnknownModelError,
-    build_engine,
-)
+from vllm_service.manager.deployment import Deployment, ServedModel
+from vllm_service.manager.manager import ModelManager, UnknownModelError, build_engine
 
 __all__ = [
+    "CACHE_DEPLOYMENT",
+    "Answer",
     "CacheControl",
+    "Deployment",
     "ModelManager",
     "ResponseCache",
     "Route",

@@ -19,9 +19,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 
 from opentelemetry import trace
 
@@ -36,14 +34,10 @@ from vllm_service.engine import (
     TokenDelta,
 )
 from vllm_service.engine.registry import kind_named
-from vllm_service.manager.breaker import BreakerOpenError, CircuitBreaker, Permit
-from vllm_service.manager.cache import (
-    AnswerRecorder,
-    CacheControl,
-    CachedAnswer,
-    CacheLookup,
-    ResponseCache,
-)
+from vllm_service.manager.answer import CACHE_DEPLOYMENT, Answer, CacheStep, Route
+from vllm_service.manager.breaker import BreakerOpenError, CircuitBreaker
+from vllm_service.manager.cache import CacheControl, ResponseCache
+from vllm_service.manager.deployment import Attempt, Deployment, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -59,54 +53,6 @@ class UnknownModelError(LookupError):
     def __init__(self, model: str) -> None:
         super().__init__(model)
         self.model = model
-
-
-#: The deployment name a cached answer reports.
-CACHE_DEPLOYMENT = "cache"
-
-
-@dataclass(slots=True)
-class Route:
-    """How one sequence was served; filled in by the manager once its answer has started."""
-
-    deployment: str | None = None
-    #: A fallback served it: a fallback model, or a stale cached answer.
-    fallback: bool = False
-    #: hit, semantic_hit, stale_hit, miss, refresh (no-cache) or bypass (not cacheable).
-    cache: str = "bypass"
-    cache_key: str | None = None
-    #: The choices of one request share a group: they never wait for each other's answer.
-    group: object = None
-    #: Seconds spent looking the answer up in the cache (and waiting for an identical one).
-    cache_seconds: float = 0.0
-    #: The engine kind of the deployment that served it (llamacpp, upstream, process).
-    engine: str | None = None
-
-
-@dataclass(eq=False)
-class Deployment:
-    """One engine serving a model, with its breaker and its counters."""
-
-    id: str
-    config: ModelConfig
-    engine: Engine
-    breaker: CircuitBreaker
-    in_flight: int = 0
-    #: Outcomes of attempts: success, failure, overloaded, client_error, cancelled, rejected.
-    outcomes: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass(eq=False)
-class ServedModel:
-    """A model as clients name it, and the deployments that serve it."""
-
-    config: ModelConfig
-    deployments: list[Deployment]
-
-    @property
-    def engine(self) -> Engine:
-        """The first deployment's engine (for listings)."""
-        return self.deployments[0].engine
 
 
 class ModelManager:
@@ -211,131 +157,120 @@ class ModelManager:
             for dep, health in zip(deployments, results, strict=True)
         }
 
-    # -- routing ----------------------------------------------------------------------------
+    # -- serving --------------------------------------------------------------------------
 
-    def _candidates(self, served: ServedModel, tried: set[Deployment]) -> list[Deployment]:
-        """Untried deployments, fewest in flight first (ties: configuration order)."""
-        return sorted(
-            (d for d in served.deployments if d not in tried),
-            key=lambda d: d.in_flight,
-        )
-
-    def generate(
+    async def answer(
         self,
         served: ServedModel,
         req: GenerationRequest,
-        route: Route | None = None,
         cache_control: CacheControl = CacheControl.USE,
-    ) -> AsyncIterator[TokenDelta]:
-        """Stream the answer; ``route`` says how it was served once it has started."""
-        return self._serve(served, req, route or Route(), cache_control)
+        group: object = None,
+    ) -> Answer:
+        """Start the sequence: from the cache, a deployment, or a fallback, in that order.
 
-    async def _serve(
-        self,
-        served: ServedModel,
-        req: GenerationRequest,
-        route: Route,
-        control: CacheControl,
-    ) -> AsyncIterator[TokenDelta]:
+        Returns once its first delta is in hand; raises the last EngineError when nothing can
+        answer. The choices of one request share ``group``: they never wait for each other.
+        """
         cache = self.cache
         lookup = None
-        if cache is not None and control is not CacheControl.BYPASS:
+        if cache is not None and cache_control is not CacheControl.BYPASS:
             lookup = cache.plan(served.config, req)
         if cache is None or lookup is None:
             if cache is not None:
                 cache.count(served.config.name, "bypass")
-            async for delta in self._generate(served, req, route, None):
-                yield delta
-            return
-        route.cache_key = lookup.key
-        flight = None
-        if control is CacheControl.USE:
-            looked_up = time.perf_counter()
-            with self.tracer.start_as_current_span("vllm.cache") as span:
-                found = await cache.get(lookup)
-                if found is None:
-                    flight, shared = await cache.join(lookup, route.group or route)
-                    if shared is not None:
-                        cache.count(served.config.name, "hit")
-                        found = shared, "hit"
-                span.set_attribute("vllm.cache.outcome", found[1] if found else "miss")
-                span.set_attribute("vllm.cache.waited", flight is None and found is not None)
-            route.cache_seconds = time.perf_counter() - looked_up
-            if found is not None:
-                answer, route.cache = found
-                route.deployment = CACHE_DEPLOYMENT
-                yield answer.delta()
-                return
-        route.cache = "miss" if control is CacheControl.USE else "refresh"
-        cache.count(served.config.name, route.cache)
-        recorder = AnswerRecorder()
+            return await self._from_deployments(served, req, None)
+        step = CacheStep(cache, lookup)
+        if cache_control is CacheControl.USE:
+            hit = await self._lookup(step, group)
+            if hit is not None:
+                return hit
+        else:
+            step.outcome = "refresh"
+        cache.count(served.config.name, step.outcome)
         try:
-            async for delta in self._generate(served, req, route, lookup):
-                recorder.add(delta)
-                yield delta
-        finally:
-            recorded = recorder.answer if route.cache != "stale_hit" else None
-            if flight is not None:
-                cache.finish(lookup, flight, recorded)
-            if recorded is not None:
-                await cache.put(lookup, recorded)
+            return await self._from_deployments(served, req, step)
+        except BaseException:
+            await step.settle(False)  # identical requests waiting for this one stop waiting
+            raise
 
-    async def _generate(
-        self,
-        served: ServedModel,
-        req: GenerationRequest,
-        route: Route,
-        lookup: CacheLookup | None,
-    ) -> AsyncIterator[TokenDelta]:
-        retry = served.config.retry
-        deadline = self._clock() + retry.deadline
+    async def _lookup(self, step: CacheStep, group: object) -> Answer | None:
+        """A cached answer (or one an identical request in flight just produced), or None."""
+        cache, lookup = step.cache, step.lookup
+        looked_up = time.perf_counter()
+        with self.tracer.start_as_current_span("vllm.cache") as span:
+            found = await cache.get(lookup)
+            if found is None:
+                step.flight, shared = await cache.join(lookup, group if group is not None else step)
+                if shared is not None:
+                    cache.count(lookup.model, "hit")
+                    found = shared, "hit"
+            span.set_attribute("vllm.cache.outcome", found[1] if found else "miss")
+            span.set_attribute("vllm.cache.waited", step.flight is None and found is not None)
+        step.seconds = time.perf_counter() - looked_up
+        if found is None:
+            return None
+        answer, outcome = found
+        route = Route(CACHE_DEPLOYMENT, None, False, outcome, lookup.key, step.seconds)
+        return Answer(route, answer.delta())
+
+    async def _from_deployments(
+        self, served: ServedModel, req: GenerationRequest, step: CacheStep | None
+    ) -> Answer:
+        """The model's deployments, then a stale cached answer, then the fallback models."""
+        deadline = self._clock() + served.config.retry.deadline
         chain = [served, *(self.resolve(name) for name in served.config.fallbacks)]
-        last_error: EngineError | None = None
+        error: EngineError | None = None
         for model in chain:
-            started = await self._first_delta(model, req, deadline, model.config.retry)
-            if isinstance(started, EngineError):
-                last_error = started
-                if isinstance(started, InvalidRequestError):
-                    break  # the request itself is wrong: no other deployment will differ
-                if model is served and lookup is not None:
-                    # The cache step: between the model's own deployments and its fallbacks.
-                    stale = await self._stale(lookup, route)
-                    if stale is not None:
-                        yield stale.delta()
-                        return
-                continue
-            dep, permit, stream, first, span = started
-            route.deployment, route.fallback = dep.id, model is not served
-            route.engine = dep.config.engine
-            inner = self._stream(dep, permit, stream, first, span)
             try:
-                async for delta in inner:
-                    yield delta
-            finally:
-                await inner.aclose()  # runs its accounting even when our reader left early
-            return
-        raise last_error or EngineUnavailableError(
+                attempt, stream, first = await self._first_delta(model, req, deadline)
+            except InvalidRequestError:
+                raise  # the request itself is wrong: no other deployment will differ
+            except EngineError as exc:
+                error = exc
+                stale = await self._stale(step) if model is served else None
+                if stale is not None:
+                    return stale
+                continue
+            dep = attempt.deployment
+            route = Route(
+                deployment=dep.id,
+                engine=dep.config.engine,
+                fallback=model is not served,
+                cache=step.outcome if step is not None else "bypass",
+                cache_key=step.lookup.key if step is not None else None,
+                cache_seconds=step.seconds if step is not None else 0.0,
+            )
+            return Answer(route, first, stream, attempt, step)
+        raise error or EngineUnavailableError(
             f"no deployment of {served.config.name!r} is available", retry_after=1.0
         )
 
-    async def _stale(self, lookup: CacheLookup, route: Route) -> CachedAnswer | None:
+    async def _stale(self, step: CacheStep | None) -> Answer | None:
         """The cache step of the fallback chain: an answer within its stale window."""
-        answer = await self.cache.get_stale(lookup) if self.cache is not None else None
-        if answer is not None:
-            route.deployment, route.fallback, route.cache = CACHE_DEPLOYMENT, True, "stale_hit"
-        return answer
+        if step is None:
+            return None
+        answer = await step.cache.get_stale(step.lookup)
+        if answer is None:
+            return None
+        step.outcome = "stale_hit"
+        await step.settle(False)  # a stale answer is not stored again
+        route = Route(CACHE_DEPLOYMENT, None, True, "stale_hit", step.lookup.key, step.seconds)
+        return Answer(route, answer.delta())
+
+    def _candidates(self, served: ServedModel) -> list[Deployment]:
+        """The model's deployments, fewest in flight first (ties: configuration order)."""
+        return sorted(served.deployments, key=lambda d: d.in_flight)
 
     async def _first_delta(
-        self, served: ServedModel, req: GenerationRequest, deadline: float, retry: RetryConfig
-    ) -> tuple[Deployment, Permit, AsyncIterator[TokenDelta], TokenDelta, trace.Span] | EngineError:
-        """Try deployments until one yields its first delta; the error if none does."""
-        tried: set[Deployment] = set()
+        self, served: ServedModel, req: GenerationRequest, deadline: float
+    ) -> tuple[Attempt, AsyncIterator[TokenDelta], TokenDelta]:
+        """Try the model's deployments until one yields its first delta; raise the last error."""
+        retry = served.config.retry
         attempts = 0
         error: EngineError | None = None
-        for dep in self._candidates(served, tried):
+        for dep in self._candidates(served):
             if attempts >= retry.max_attempts or self._clock() >= deadline:
                 break
-            tried.add(dep)
             try:
                 permit = dep.breaker.acquire()
             except BreakerOpenError as exc:
@@ -345,47 +280,47 @@ class ModelManager:
             if attempts:
                 await self._backoff(attempts, error, retry, deadline)
             attempts += 1
+            attempt = Attempt(dep, permit, self._attempt_span(dep, attempts))
             dep.in_flight += 1
-            # One span per attempt; current while the engine starts, so that an upstream
-            # receives it as the parent in traceparent.
-            span = self.tracer.start_span(
-                "vllm.attempt",
-                kind=trace.SpanKind.CLIENT,
-                attributes={
-                    "vllm.deployment": dep.id,
-                    "vllm.engine": dep.config.engine,
-                    "vllm.attempt": attempts,
-                },
-            )
             stream = dep.engine.generate(req)
             try:
-                with trace.use_span(span, end_on_exit=False):
+                with trace.use_span(attempt.span, end_on_exit=False):
                     async with asyncio.timeout(max(0.0, deadline - self._clock())):
-                        first = await anext(stream)
+                        return attempt, stream, await anext(stream)
             except BaseException as exc:
-                dep.in_flight -= 1
                 with contextlib.suppress(Exception):
                     await stream.aclose()  # type: ignore[attr-defined]
-                outcome = self._settle(permit, exc)
-                dep.outcomes[outcome] += 1
-                span.set_attribute("vllm.outcome", outcome)
-                span.end()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                if isinstance(exc, TimeoutError):
-                    exc = EngineUnavailableError("the request's deadline passed", retry_after=1.0)
-                if isinstance(exc, StopAsyncIteration):
-                    exc = EngineError(f"deployment {dep.id} ended without an answer")
-                if not isinstance(exc, EngineError):
-                    raise
-                error = exc
-                if isinstance(exc, InvalidRequestError):
-                    return exc
-                continue
-            return dep, permit, stream, first, span
-        return error or EngineUnavailableError(
+                attempt.settle(exc)
+                error = self._attempt_error(dep, exc)
+                if isinstance(error, InvalidRequestError):
+                    raise error from None
+        raise error or EngineUnavailableError(
             f"no deployment of {served.config.name!r} is available", retry_after=1.0
         )
+
+    def _attempt_span(self, dep: Deployment, attempt: int) -> trace.Span:
+        # One span per attempt; current while the engine starts, so that an upstream receives
+        # it as the parent in traceparent.
+        return self.tracer.start_span(
+            "vllm.attempt",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "vllm.deployment": dep.id,
+                "vllm.engine": dep.config.engine,
+                "vllm.attempt": attempt,
+            },
+        )
+
+    @staticmethod
+    def _attempt_error(dep: Deployment, exc: BaseException) -> EngineError:
+        """What a failed attempt means for the request; re-raises what is not an engine's."""
+        if isinstance(exc, TimeoutError):
+            return EngineUnavailableError("the request's deadline passed", retry_after=1.0)
+        if isinstance(exc, StopAsyncIteration):
+            return EngineError(f"deployment {dep.id} ended without an answer")
+        if isinstance(exc, EngineError):
+            return exc
+        raise exc
 
     async def _backoff(
         self, attempt: int, error: EngineError | None, retry: RetryConfig, deadline: float
@@ -395,47 +330,3 @@ class ModelManager:
         if isinstance(error, EngineUnavailableError) and error.retry_after is not None:
             delay = max(delay, min(error.retry_after, retry.max_retry_after))
         await asyncio.sleep(max(0.0, min(delay, deadline - self._clock())))
-
-    @staticmethod
-    def _settle(permit: Permit, exc: BaseException) -> str:
-        """Report an attempt's outcome to the breaker; returns its name."""
-        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            permit.release()
-            return "cancelled"
-        if isinstance(exc, EngineUnavailableError) and exc.overloaded:
-            permit.release()
-            return "overloaded"
-        if isinstance(exc, InvalidRequestError):
-            permit.success()  # the deployment answered; the client was wrong
-            return "client_error"
-        # Unreachable, timed out, 5xx, a broken stream: the deployment is to blame.
-        permit.failure()
-        return "failure"
-
-    async def _stream(
-        self,
-        dep: Deployment,
-        permit: Permit,
-        stream: AsyncIterator[TokenDelta],
-        first: TokenDelta,
-        span: trace.Span,
-    ) -> AsyncGenerator[TokenDelta]:
-        """Hand on a started answer; a failure from here on ends it (never retried)."""
-        outcome = "success"
-        try:
-            yield first
-            if first.finish_reason is None:
-                async for delta in stream:
-                    yield delta
-        except BaseException as exc:
-            outcome = self._settle(permit, exc)
-            raise
-        else:
-            permit.success()
-        finally:
-            dep.outcomes[outcome] += 1
-            span.set_attribute("vllm.outcome", outcome)
-            span.end()
-            dep.in_flight -= 1
-            with contextlib.suppress(Exception):
-                await stream.aclose()  # type: ignore[attr-defined]

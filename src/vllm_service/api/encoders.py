@@ -1,0 +1,198 @@
+"""Encoding responses: OpenAI's typed chunk models as SSE events, logprobs in both shapes.
+
+A streamed response's chunks differ only in their choices. Each encoder serializes its typed
+chunk model (api/protocol.py) once with no choices, and per chunk serializes only the typed
+choice into that frame: the wire shape is the model's, at less cost per token than building
+and dumping a whole chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from pydantic import BaseModel
+
+from vllm_service import __version__
+from vllm_service.api.errors import APIError, error_body, from_engine_error
+from vllm_service.api.protocol import (
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatDelta,
+    ChoiceLogprobs,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionResponse,
+    FinishReasonOut,
+    TokenLogprobOut,
+    TopLogprobOut,
+    UsageInfo,
+)
+from vllm_service.engine import EngineError, FinishReason
+from vllm_service.engine.base import PromptTokenLogprob, TokenLogprob
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_FINGERPRINT = f"vllm-service-{__version__}"
+DONE = b"data: [DONE]\n\n"
+_NO_CHOICES = b'"choices":[]'
+
+
+def sse(data: str | bytes) -> bytes:
+    """One SSE event carrying ``data`` (JSON has no raw newlines: one data line)."""
+    return b"data: " + (data.encode() if isinstance(data, str) else data) + b"\n\n"
+
+
+def stream_error(exc: BaseException) -> bytes:
+    """The SSE event of an error that ended a stream after it started."""
+    api = from_engine_error(exc) if isinstance(exc, EngineError) else None
+    if api is None:
+        logger.exception("stream failed", exc_info=exc)
+        api = APIError(500, "The server had an error while streaming the response.")
+    return sse(json.dumps(error_body(api.message, api.type, api.param, api.code)))
+
+
+def finish_reason(reason: FinishReason) -> FinishReasonOut:
+    """The finish reason as the response models spell it."""
+    return reason.value
+
+
+class Pending:
+    """SSE events not sent yet. A stream sends what it has when it is about to wait for the
+    engine, so that events ready together (the role chunk and the first tokens; a finish
+    chunk, the usage chunk and [DONE]) go out in one write, not one write (and, for a proxy
+    in between, one read) each."""
+
+    def __init__(self) -> None:
+        self._events: list[bytes] = []
+
+    def add(self, event: bytes) -> None:
+        self._events.append(event)
+
+    def __bool__(self) -> bool:
+        return bool(self._events)
+
+    def take(self) -> bytes:
+        events, self._events = self._events, []
+        return b"".join(events)
+
+
+class _Frame:
+    """A chunk model serialized without choices, split where each chunk's choice goes."""
+
+    def __init__(self, empty: BaseModel, include_usage: bool) -> None:
+        text = empty.model_dump_json(exclude=None if include_usage else {"usage"}).encode()
+        head, tail = text.split(_NO_CHOICES, 1)
+        self._head = b"data: " + head + b'"choices":['
+        self._tail = b"]" + tail + b"\n\n"
+
+    def event(self, choice: BaseModel) -> bytes:
+        return self._head + type(choice).__pydantic_serializer__.to_json(choice) + self._tail
+
+
+class ChatChunks:
+    """The chunks of one streamed chat completion (``chat.completion.chunk``)."""
+
+    def __init__(self, request_id: str, created: int, model: str, include_usage: bool) -> None:
+        self._empty = ChatCompletionChunk(
+            id=request_id,
+            created=created,
+            model=model,
+            choices=[],
+            system_fingerprint=SYSTEM_FINGERPRINT,
+        )
+        self._frame = _Frame(self._empty, include_usage)
+
+    def role(self, index: int) -> bytes:
+        """A choice's first chunk: the assistant role, no content yet."""
+        delta = ChatDelta(role="assistant", content="")
+        return self._frame.event(ChatChunkChoice(index=index, delta=delta))
+
+    def content(self, index: int, text: str, logprobs: ChoiceLogprobs | None) -> bytes:
+        delta = ChatDelta(content=text)
+        return self._frame.event(ChatChunkChoice(index=index, delta=delta, logprobs=logprobs))
+
+    def finish(self, index: int, reason: FinishReason) -> bytes:
+        delta = ChatDelta()
+        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason(reason))
+        return self._frame.event(choice)
+
+    def usage(self, usage: UsageInfo) -> bytes:
+        """The last chunk when the client asked for usage: no choices, the whole usage."""
+        return sse(self._empty.model_copy(update={"usage": usage}).model_dump_json())
+
+
+class CompletionChunks:
+    """The chunks of one streamed legacy completion (``text_completion``)."""
+
+    def __init__(self, request_id: str, created: int, model: str, include_usage: bool) -> None:
+        self._empty = CompletionResponse(
+            id=request_id,
+            created=created,
+            model=model,
+            choices=[],
+            system_fingerprint=SYSTEM_FINGERPRINT,
+        )
+        self._frame = _Frame(self._empty, include_usage)
+
+    def text(
+        self,
+        index: int,
+        text: str,
+        logprobs: CompletionLogprobs | None = None,
+        reason: FinishReason | None = None,
+    ) -> bytes:
+        choice = CompletionChoice(
+            index=index,
+            text=text,
+            logprobs=logprobs,
+            finish_reason=finish_reason(reason) if reason is not None else None,
+        )
+        return self._frame.event(choice)
+
+    def usage(self, usage: UsageInfo) -> bytes:
+        return sse(self._empty.model_copy(update={"usage": usage}).model_dump_json())
+
+
+def chat_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> ChoiceLogprobs:
+    """Logprobs in the chat shape: per token, its bytes and its top alternatives."""
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=lp.token,
+                logprob=lp.logprob,
+                bytes=list(lp.token_bytes),
+                top_logprobs=[
+                    TopLogprobOut(token=t.token, logprob=t.logprob, bytes=list(t.token_bytes))
+                    for t in lp.top
+                ],
+            )
+            for lp in items
+        ]
+    )
+
+
+def completion_logprobs(
+    items: list[TokenLogprob] | tuple[TokenLogprob, ...],
+    offset: int,
+    prompt: tuple[PromptTokenLogprob, ...] = (),
+) -> CompletionLogprobs:
+    """Logprobs in the legacy completions shape: the scored prompt's tokens first (the very
+    first with null), then the completion's, from ``offset`` in the text."""
+    out = CompletionLogprobs()
+    prompt_offset = 0
+    for plp in prompt:
+        out.tokens.append(plp.token)
+        out.token_logprobs.append(plp.logprob)
+        out.top_logprobs.append(
+            None if plp.logprob is None else {t.token: t.logprob for t in plp.top}
+        )
+        out.text_offset.append(prompt_offset)
+        prompt_offset += len(plp.token)
+    for lp in items:
+        out.tokens.append(lp.token)
+        out.token_logprobs.append(lp.logprob)
+        out.top_logprobs.append({t.token: t.logprob for t in lp.top})
+        out.text_offset.append(offset)
+        offset += len(lp.token)
+    return out

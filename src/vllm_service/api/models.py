@@ -1,0 +1,53 @@
+"""GET /v1/models and /v1/models/{id}: every name a model answers to."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from vllm_service.api.errors import ModelNotFound
+from vllm_service.api.protocol import ModelList, ModelObject, SamplingDefaultOut
+from vllm_service.api.responses import ERROR_RESPONSES
+from vllm_service.api.serving import Manager
+from vllm_service.manager import ModelManager
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _model_objects(manager: ModelManager) -> list[ModelObject]:
+    """Every name a model answers to (its own and its aliases), as OpenAI lists models."""
+    data: list[ModelObject] = []
+    for served in manager.served:
+        for card in served.engine.models():
+            for name in served.config.all_names:
+                data.append(
+                    ModelObject(
+                        id=name,
+                        created=card.created,
+                        owned_by=card.owned_by,
+                        root=served.config.name,
+                        max_model_len=card.max_model_len,
+                        sampling_defaults={
+                            knob: SamplingDefaultOut(value=d.value, source=d.source)
+                            for knob, d in card.sampling_defaults.values
+                        },
+                    )
+                )
+    return data
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(manager: Manager) -> ModelList:
+    return ModelList(data=_model_objects(manager))
+
+
+@router.get(
+    "/models/{model_id:path}",
+    response_model=ModelObject,
+    responses={404: ERROR_RESPONSES[404]},
+)
+async def retrieve_model(model_id: str, manager: Manager) -> ModelObject:
+    """One model by its name or alias (OpenAI's models.retrieve); ids may contain '/'."""
+    for model in _model_objects(manager):
+        if model.id == model_id:
+            return model
+    raise ModelNotFound(model_id)
