@@ -52,6 +52,15 @@ class Metrics:
             registry=r,
         )
         self.requests = Counter("vllm_requests", "Requests answered.", labels, registry=r)
+        self._token_metrics(r)
+        self._latency_metrics(r)
+        self._cost_metrics(r)
+        self._engines = DeploymentCollector()
+        r.register(self._engines)
+        if cache is not None:
+            r.register(CacheCollector(cache))
+
+    def _token_metrics(self, r: CollectorRegistry) -> None:
         self.latency_target_met = Counter(
             "vllm_latency_target_met",
             "Successful requests that met the end-to-end latency target.",
@@ -82,6 +91,8 @@ class Metrics:
             ["device"],
             registry=r,
         )
+
+    def _latency_metrics(self, r: CollectorRegistry) -> None:
         self.ttft = Histogram(
             "vllm_time_to_first_token_seconds",
             "From arrival to the first output token.",
@@ -113,6 +124,8 @@ class Metrics:
         self.in_flight = Gauge(
             "vllm_requests_in_flight", "Requests being served now.", ["route"], registry=r
         )
+
+    def _cost_metrics(self, r: CollectorRegistry) -> None:
         self.hosted_cost = Counter(
             "vllm_hosted_equivalent_cost_usd",
             "What the hosted API would have charged for the tokens answered (list price).",
@@ -130,10 +143,6 @@ class Metrics:
             "minus the hardware's cost over the time (negative while traffic is too low).",
             registry=r,
         ).set_function(self.savings)
-        self._engines = DeploymentCollector()
-        r.register(self._engines)
-        if cache is not None:
-            r.register(CacheCollector(cache))
 
     def savings(self) -> float:
         """Hosted-equivalent cost of what was answered, minus the hardware's cost so far."""

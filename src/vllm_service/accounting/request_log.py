@@ -101,6 +101,7 @@ class RequestRecord:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            "usage_estimated": self.usage.estimated,
             "latency_ms": None if self.latency is None else round(self.latency * 1e3, 3),
             "ttft_ms": None if self.ttft is None else round(self.ttft * 1e3, 3),
             "queue_ms": None if self.queue_time is None else round(self.queue_time * 1e3, 3),

@@ -18,6 +18,8 @@ class UsageTally:
 
     choices_per_prompt: int | None = None
     completion_tokens: int = 0
+    #: Some choice's usage was estimated, not counted (an upstream that sent none).
+    estimated: bool = False
     #: Per prompt: its prompt tokens, and the most of them any of its choices found cached.
     _prompts: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -26,6 +28,7 @@ class UsageTally:
         prompt, cached = self._prompts.get(group, (0, 0))
         self._prompts[group] = (max(prompt, usage.prompt_tokens), max(cached, usage.cached_tokens))
         self.completion_tokens += usage.completion_tokens
+        self.estimated = self.estimated or usage.estimated
 
     @property
     def prompt_tokens(self) -> int:

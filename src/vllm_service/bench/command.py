@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -17,7 +18,7 @@ from vllm_service.accounting.cost import HardwareCost, HostedPrice, compare_cost
 from vllm_service.bench.loadgen import Endpoint, LoadGenerator, RequestSample, RunResult
 from vllm_service.bench.measures import SLO, summarize
 from vllm_service.bench.report import metadata, print_summary, write_json, write_plots
-from vllm_service.bench.workloads import Length, Workload
+from vllm_service.bench.workloads import BenchRequest, Length, Workload
 
 # The cost model's defaults, as accounting/cost.py sets them (one place for them).
 _HOSTED, _HARDWARE = HostedPrice(), HardwareCost()
@@ -135,101 +136,155 @@ def bench(
         raise typer.BadParameter("--arrivals must be poisson or constant")
     if workload not in ("synthetic", "jsonl", "sharegpt"):
         raise typer.BadParameter("--workload must be synthetic, jsonl or sharegpt")
-    if requests is None and duration is None:
-        requests = 20
-    endpoints = parse_endpoints([*endpoint, *(compare or [])], model, api_key, chat=not completions)
-    loads: list[tuple[int | None, float | None]] = (
-        [(None, r) for r in _numbers(rate, float)]
-        if rate is not None
-        else [(c, None) for c in _numbers(concurrency, int)]
-    )
-    spread = len_spread
-
-    def make_workload(offset: int) -> Workload:
-        return Workload(
+    plan = Plan(
+        endpoints=parse_endpoints(
+            [*endpoint, *(compare or [])], model, api_key, chat=not completions
+        ),
+        loads=(
+            [(None, r) for r in _numbers(rate, float)]
+            if rate is not None
+            else [(c, None) for c in _numbers(concurrency, int)]
+        ),
+        requests=20 if requests is None and duration is None else requests,
+        duration=duration,
+        warmup=warmup,
+        arrivals="constant" if arrivals == "constant" else "poisson",
+        seed=seed,
+        ignore_eos=ignore_eos,
+        timeout=timeout,
+        workload=Workload(
             name=workload,
-            seed=seed + offset,
+            seed=seed,
             chat=not completions,
-            input_len=Length(input_len, spread),
-            output_len=Length(output_len, spread),
+            input_len=Length(input_len, len_spread),
+            output_len=Length(output_len, len_spread),
             path=dataset,
             repeat_share=repeat_share,
-        )
-
+        ),
+        slo=SLO(slo_ttft_ms, slo_tpot_ms, slo_e2e_ms),
+        hardware=HardwareCost(hourly_cost, hardware_price, amortize_months, power_watts, kwh_price),
+        hosted=HostedPrice(hosted_name, hosted_input_price, hosted_output_price),
+    )
     try:
-        next(make_workload(0).requests())
+        next(plan.workload.requests())
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
-    slo = SLO(slo_ttft_ms, slo_tpot_ms, slo_e2e_ms)
-    hardware = HardwareCost(hourly_cost, hardware_price, amortize_months, power_watts, kwh_price)
-    hosted = HostedPrice(hosted_name, hosted_input_price, hosted_output_price)
     console = Console()
+    points, samples = run(plan, console)
+    report(plan, args, points, samples, output_dir, plots=plots, console=console)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One bench run: every endpoint at every load point, its requests and its prices."""
+
+    endpoints: list[Endpoint]
+    #: (concurrency, None) for closed loops, (None, rate) for open ones.
+    loads: list[tuple[int | None, float | None]]
+    requests: int | None
+    duration: float | None
+    warmup: int
+    arrivals: Literal["poisson", "constant"]
+    seed: int
+    ignore_eos: bool
+    timeout: float
+    workload: Workload
+    slo: SLO
+    hardware: HardwareCost
+    hosted: HostedPrice
+
+    def requests_for(self, offset: int) -> Iterator[BenchRequest]:
+        """The requests of one load point: the same for every endpoint at that point."""
+        return replace(self.workload, seed=self.seed + offset).requests()
+
+
+def run(plan: Plan, console: Console) -> tuple[list[dict[str, Any]], list[list[RequestSample]]]:
+    """Warm every endpoint up, then each load point on every endpoint in turn (interleaved:
+    the machine's drift hits them alike)."""
     points: list[dict[str, Any]] = []
     all_samples: list[list[RequestSample]] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        for ep in endpoints:
-            warm = LoadGenerator(ep, make_workload(10_000).requests(), ignore_eos=ignore_eos)
-            asyncio.run(warm.warm_up(warmup, max(c or 1 for c, _ in loads)))
-        for index, (conc, rps) in enumerate(loads):
-            # Interleaved: every endpoint at this load before the next load, same requests.
-            for ep in endpoints:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as progress:
+        for ep in plan.endpoints:
+            warm = LoadGenerator(ep, plan.requests_for(10_000), ignore_eos=plan.ignore_eos)
+            asyncio.run(warm.warm_up(plan.warmup, max(c or 1 for c, _ in plan.loads)))
+        for index, (conc, rps) in enumerate(plan.loads):
+            for ep in plan.endpoints:
                 label = f"{ep.name} " + (f"rate {rps:g}/s" if rps else f"concurrency {conc}")
-                task = progress.add_task(label, total=requests)
+                task = progress.add_task(label, total=plan.requests)
 
                 def done(_: RequestSample, task: Any = task) -> None:
                     progress.advance(task)
 
-                gen = LoadGenerator(
-                    ep,
-                    make_workload(index).requests(),
-                    ignore_eos=ignore_eos,
-                    timeout=timeout,
-                    on_done=done,
-                )
-                result: RunResult
-                if rps is not None:
-                    result = asyncio.run(
-                        gen.open_loop(
-                            rps,
-                            requests=requests,
-                            duration=duration,
-                            arrivals=arrivals,  # type: ignore[arg-type]
-                            seed=seed + index,
-                        )
-                    )
-                else:
-                    assert conc is not None
-                    result = asyncio.run(
-                        gen.closed_loop(conc, requests=requests, duration=duration)
-                    )
-                summary = summarize(result.samples, result.duration, slo)
-                cost = compare_costs(
-                    hardware,
-                    hosted,
-                    prompt_tokens=summary["prompt_tokens"],
-                    completion_tokens=summary["output_tokens"],
-                    seconds=result.duration,
-                )
-                if cost is not None and hardware.per_hour > 0:
-                    summary["cost"] = {**asdict(cost), "hosted": hosted.name}
-                points.append(
-                    {
-                        "endpoint": ep.name,
-                        "url": ep.base_url,
-                        "model": ep.model,
-                        "concurrency": conc,
-                        "rate": rps,
-                        "summary": summary,
-                    }
-                )
+                result = asyncio.run(_load_point(plan, index, ep, conc, rps, done))
+                points.append(_point(plan, ep, conc, rps, result))
                 all_samples.append(result.samples)
+    return points, all_samples
+
+
+async def _load_point(
+    plan: Plan,
+    index: int,
+    ep: Endpoint,
+    conc: int | None,
+    rps: float | None,
+    done: Callable[[RequestSample], None],
+) -> RunResult:
+    gen = LoadGenerator(
+        ep,
+        plan.requests_for(index),
+        ignore_eos=plan.ignore_eos,
+        timeout=plan.timeout,
+        on_done=done,
+    )
+    if rps is not None:
+        return await gen.open_loop(
+            rps,
+            requests=plan.requests,
+            duration=plan.duration,
+            arrivals=plan.arrivals,
+            seed=plan.seed + index,
+        )
+    assert conc is not None
+    return await gen.closed_loop(conc, requests=plan.requests, duration=plan.duration)
+
+
+def _point(
+    plan: Plan, ep: Endpoint, conc: int | None, rps: float | None, result: RunResult
+) -> dict[str, Any]:
+    """One load point's summary: latency, throughput, goodput, and cost when priced."""
+    summary = summarize(result.samples, result.duration, plan.slo)
+    cost = compare_costs(
+        plan.hardware,
+        plan.hosted,
+        prompt_tokens=summary["prompt_tokens"],
+        completion_tokens=summary["output_tokens"],
+        seconds=result.duration,
+    )
+    if cost is not None and plan.hardware.per_hour > 0:
+        summary["cost"] = {**asdict(cost), "hosted": plan.hosted.name}
+    return {
+        "endpoint": ep.name,
+        "url": ep.base_url,
+        "model": ep.model,
+        "concurrency": conc,
+        "rate": rps,
+        "summary": summary,
+    }
+
+
+def report(
+    plan: Plan,
+    args: dict[str, Any],
+    points: list[dict[str, Any]],
+    samples: list[list[RequestSample]],
+    output_dir: Path,
+    *,
+    plots: bool,
+    console: Console,
+) -> None:
+    """The summary table, the JSON of every sample, and the plots."""
+    endpoints = plan.endpoints
     print_summary(points, [e.name for e in endpoints], console)
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -238,8 +293,8 @@ def bench(
     meta["endpoints"] = [{"name": e.name, "url": e.base_url, "model": e.model} for e in endpoints]
     meta["started"] = stamp
     meta["pid"] = os.getpid()
-    write_json(result_path, meta, points, all_samples)
+    write_json(result_path, meta, points, samples)
     console.print(f"results: {result_path}")
     if plots:
-        for path in write_plots(output_dir, points, all_samples):
+        for path in write_plots(output_dir, points, samples):
             console.print(f"plot: {path}")

@@ -168,6 +168,9 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    #: Not counted by the engine's tokenizer but estimated from the text (an upstream that
+    #: sent no usage).
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:

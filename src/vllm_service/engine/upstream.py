@@ -15,7 +15,6 @@ the manager's retry loop is the only one.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import time
@@ -31,83 +30,19 @@ from vllm_service.engine.base import (
     EngineHealth,
     EngineState,
     EngineUnavailableError,
-    FinishReason,
     GenerationRequest,
     InvalidRequestError,
     ModelCard,
     SamplingDefaults,
-    Timing,
     TokenDelta,
     UpstreamProtocolError,
-    Usage,
     choice_seed,
 )
 from vllm_service.engine.options import SamplingDefaultsConfig, UpstreamOptions
+from vllm_service.engine.upstream_stream import UpstreamStream, bounded_body, bounded_lines
 
 #: Longest Retry-After honoured from an upstream (seconds).
 MAX_RETRY_AFTER = 30.0
-#: Longest SSE line accepted from an upstream, and most of an error body read.
-MAX_LINE_BYTES = 1024 * 1024
-MAX_ERROR_BODY_BYTES = 64 * 1024
-
-
-async def _bounded_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The response's lines, refusing any longer than MAX_LINE_BYTES (memory stays bounded)."""
-    buffer = b""
-    async for chunk in response.content.iter_any():
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
-        if len(buffer) > MAX_LINE_BYTES:
-            raise UpstreamProtocolError(f"the upstream sent a line over {MAX_LINE_BYTES} bytes")
-    if buffer:
-        yield buffer.decode("utf-8", errors="replace")
-
-
-async def _bounded_body(response: aiohttp.ClientResponse) -> str:
-    body = b""
-    async for chunk in response.content.iter_any():
-        body += chunk
-        if len(body) >= MAX_ERROR_BODY_BYTES:
-            break
-    return body[:MAX_ERROR_BODY_BYTES].decode("utf-8", errors="replace")
-
-
-def _parse_chunk(data: str, chat: bool) -> tuple[list[tuple[str | None, str | None]], Usage | None]:
-    """(text, finish_reason) of each choice, and usage, from one chunk; raises on bad shape,
-    and an EngineError for an error event."""
-    try:
-        chunk = json.loads(data)
-        if not isinstance(chunk, dict):
-            raise TypeError("a chunk must be an object")
-        error = chunk.get("error")
-        if error is not None:
-            message = error.get("message") if isinstance(error, dict) else error
-            raise EngineError(f"upstream error: {str(message or error)[:500]}")
-        usage = None
-        if chunk.get("usage"):
-            u = chunk["usage"]
-            details = u.get("prompt_tokens_details") or {}
-            usage = Usage(
-                prompt_tokens=int(u.get("prompt_tokens", 0)),
-                completion_tokens=int(u.get("completion_tokens", 0)),
-                cached_tokens=int(details.get("cached_tokens") or 0),
-            )
-        out = []
-        for choice in chunk.get("choices") or []:
-            source = (choice.get("delta") or {}) if chat else choice
-            piece = source.get("content" if chat else "text")
-            reason = choice.get("finish_reason")
-            if piece is not None and not isinstance(piece, str):
-                raise TypeError("content must be a string")
-            out.append((piece, None if reason is None else str(reason)))
-        return out, usage
-    except (ValueError, TypeError, AttributeError) as exc:
-        # Never echo what the upstream sent: only what was wrong with it.
-        raise UpstreamProtocolError(
-            f"the upstream sent a malformed chunk ({type(exc).__name__})"
-        ) from None
 
 
 #: The value at which an extension knob does nothing.
@@ -254,12 +189,8 @@ class UpstreamEngine:
             raise EngineUnavailableError("the upstream engine is not started", retry_after=1.0)
         sampling = self.sampling_defaults.fill(req.sampling)
         path, body = _payload(dataclasses.replace(req, sampling=sampling), self.options.model)
-        chat = req.messages is not None
         self._requests += 1
-        submitted = time.monotonic()
-        stamps: list[float] = []
-        finish: FinishReason | None = None
-        usage: Usage | None = None
+        stream = UpstreamStream(req)
         headers = {"content-type": "application/json"}
         # The W3C trace context of the request (when tracing is on) goes upstream with it.
         propagate.inject(headers)
@@ -272,30 +203,12 @@ class UpstreamEngine:
                 allow_redirects=False,
             ) as response:
                 if response.status != 200:
-                    body_text = await _bounded_body(response)
+                    body_text = await bounded_body(response)
                     raise self._status_error(response.status, body_text, response.headers)
-                done = False
-                async for line in _bounded_lines(response):
-                    if done:
-                        # Read to the end (the chunked terminator) so the connection goes back
-                        # to the pool instead of being closed.
-                        continue
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        done = True
-                        continue
-                    choices, chunk_usage = _parse_chunk(data, chat)
-                    usage = chunk_usage or usage
-                    for piece, reason in choices:
-                        if reason:
-                            finish = (
-                                FinishReason.LENGTH if reason == "length" else FinishReason.STOP
-                            )
-                        if piece:
-                            stamps.append(time.monotonic())
-                            yield TokenDelta(text=piece)
+                async for line in bounded_lines(response):
+                    for piece in stream.feed(line):
+                        yield TokenDelta(text=piece)
+            final = stream.final()
         except TimeoutError as exc:
             self._failures += 1
             raise EngineUnavailableError("the upstream timed out", retry_after=1.0) from exc
@@ -307,21 +220,7 @@ class UpstreamEngine:
         except UpstreamProtocolError:
             self._failures += 1
             raise
-        if finish is None:
-            self._failures += 1
-            raise EngineError("the upstream ended the stream without a finish reason")
-        first = stamps[0] if stamps else time.monotonic()
-        yield TokenDelta(
-            text="",
-            finish_reason=finish,
-            usage=usage or Usage(prompt_tokens=0, completion_tokens=len(stamps)),
-            timing=Timing(
-                queue_time=None,
-                time_to_first_token=first - submitted,
-                inter_token_times=tuple(b - a for a, b in itertools.pairwise(stamps)),
-                submitted_at=submitted,
-            ),
-        )
+        yield final
 
     def _status_error(self, status: int, text: str, headers: Mapping[str, str]) -> EngineError:
         message = _error_message(text, status)
