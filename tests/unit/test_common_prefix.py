@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from vllm_service.engine.llamacpp.scheduler import common_prefix
+from vllm_service.engine.llamacpp.sequence import common_prefix
 
 
 def _naive(a: list[int], b: list[int]) -> int:

@@ -37,7 +37,8 @@ from vllm_service.engine.llamacpp.native_log import NativeOutput, native_stderr_
 from vllm_service.engine.llamacpp.options import BUNDLED_MODEL, LlamaCppOptions
 from vllm_service.engine.llamacpp.prompt import PromptTokenizer
 from vllm_service.engine.llamacpp.sampling import NEUTRAL_SAMPLING, SamplerChain
-from vllm_service.engine.llamacpp.scheduler import Post, Scheduler, Sequence
+from vllm_service.engine.llamacpp.scheduler import Post, Scheduler
+from vllm_service.engine.llamacpp.sequence import Sequence
 from vllm_service.engine.llamacpp.text_output import TextOutput
 from vllm_service.engine.options import SamplingDefaultsConfig
 

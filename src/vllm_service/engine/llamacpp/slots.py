@@ -1,0 +1,98 @@
+"""The slots: one ``seq_id`` and KV stream each, running a sequence or holding a cached prefix.
+
+A new sequence goes to the idle slot whose cached tokens share the longest prefix with its
+prompt; the cells past that prefix are dropped and only the rest is computed. When a *running*
+sequence shares a longer prefix, its stream is copied (``llama_memory_seq_cp``) into an idle
+slot instead. Idle slots that match nothing are reused least recently used first: that is the
+prefix cache's LRU bound. Touched by the scheduler thread only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import llama_cpp
+
+from vllm_service.engine.llamacpp.sequence import Sequence, Slot, common_prefix
+
+#: Copying a running sequence's KV stream costs a copy of the whole stream; below this many
+#: shared tokens recomputing them is cheaper.
+MIN_COPY_PREFIX = 32
+
+
+class SlotTable:
+    """Every slot of one llama context, and the prefix cache they make up."""
+
+    def __init__(self, memory: Any, n_slots: int, *, prefix_caching: bool) -> None:
+        self._memory = memory
+        self.slots = [Slot(seq_id=i) for i in range(n_slots)]
+        self.prefix_caching = prefix_caching
+        self._uses = 0
+        #: Running sequences' streams copied into an idle slot to share their prefix.
+        self.copies = 0
+        #: Cells llama.cpp holds, and of those the ones only cached (idle slots).
+        self.kv_used = 0
+        self.kv_cached = 0
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def place(self, seq: Sequence, running: list[Sequence]) -> int:
+        """Give ``seq`` an idle slot; returns how many of its tokens' KV it already holds."""
+        idle = [s for s in self.slots if s.seq is None]
+        # At least the last known token is computed: its logits are what gets sampled. A
+        # prompt being scored is computed whole: every position's logits are needed.
+        limit = 0 if seq.scoring else len(seq.tokens) - 1
+        reuse = 0
+        slot = min(idle, key=lambda s: (bool(s.cached), s.last_used))  # empty, else LRU
+        source: Slot | None = None
+        if self.prefix_caching and limit > 0:
+            matches = [(min(common_prefix(s.kv_tokens(), seq.tokens), limit), s) for s in idle]
+            best, best_slot = max(matches, key=lambda m: (m[0], m[1].last_used))
+            if best > 0:
+                reuse, slot = best, best_slot
+            for other in running:
+                shared = min(common_prefix(other.tokens[: other.n_past], seq.tokens), limit)
+                if shared >= MIN_COPY_PREFIX and shared > reuse:
+                    reuse, source = shared, other.slot
+        if source is not None:
+            # Copying into the least useful idle slot keeps the better cached entries.
+            slot = min(idle, key=lambda s: (bool(s.cached), s.last_used))
+            llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, slot.seq_id, -1, -1)
+            self.copies += 1
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1):
+            # A model whose memory cannot be cut mid-sequence: start from nothing.
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            reuse = 0
+        self._uses += 1
+        slot.seq, slot.cached, slot.last_used = seq, [], self._uses
+        seq.slot = slot
+        seq.n_past = reuse
+        return reuse
+
+    def release(self, seq: Sequence, *, keep_cache: bool) -> bool:
+        """Free a sequence's slot, its KV kept as a prefix-cache entry if asked; False if it
+        had none."""
+        slot = seq.slot
+        if slot is None:
+            return False
+        if keep_cache and self.prefix_caching:
+            slot.cached = seq.tokens[: seq.n_past]
+        else:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cached = []
+        slot.seq = None
+        seq.slot = None
+        return True
+
+    def measure(self) -> None:
+        """Count the cells llama.cpp really holds (the leak check), and those only cached."""
+        used = cached = 0
+        for slot in self.slots:
+            top = llama_cpp.llama_memory_seq_pos_max(self._memory, slot.seq_id)
+            if top >= 0:
+                cells = top - llama_cpp.llama_memory_seq_pos_min(self._memory, slot.seq_id) + 1
+                used += cells
+                if slot.seq is None:
+                    cached += cells
+        self.kv_used, self.kv_cached = used, cached
