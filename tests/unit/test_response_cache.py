@@ -10,8 +10,9 @@ from vllm_service.accounting.stats import StoreStats
 from vllm_service.config import CacheConfig, ModelConfig
 from vllm_service.engine import FinishReason, GenerationRequest, SamplingParams
 from vllm_service.engine.base import ChatMessage, TokenLogprob, TopLogprob, Usage
-from vllm_service.manager.cache import CacheControl, CachedAnswer, ResponseCache
+from vllm_service.manager.cache import ResponseCache
 from vllm_service.manager.cache_store import MemoryStore
+from vllm_service.manager.cached_answer import CacheControl, CachedAnswer
 
 
 def _stats(store: MemoryStore) -> StoreStats:

@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
 from vllm_service.api.errors import ModelNotFound
-from vllm_service.api.protocol import ModelList, ModelObject, SamplingDefaultOut
 from vllm_service.api.responses import ERROR_RESPONSES
 from vllm_service.api.serving import Manager
 from vllm_service.manager import ModelManager
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+class SamplingDefaultOut(BaseModel):
+    value: int | float
+    source: str
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    root: str
+    max_model_len: int
+    sampling_defaults: dict[str, SamplingDefaultOut] = Field(
+        default_factory=dict,
+        description="Extension: the value a request gets for each sampling knob it leaves out, "
+        "and its source (config, gguf metadata, a model card, openai default). A knob not "
+        "listed is left to the upstream.",
+    )
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
 
 
 def _model_objects(manager: ModelManager) -> list[ModelObject]:

@@ -377,31 +377,6 @@ class CompletionResponse(BaseModel):
     system_fingerprint: str | None = None
 
 
-class SamplingDefaultOut(BaseModel):
-    value: int | float
-    source: str
-
-
-class ModelObject(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    root: str
-    max_model_len: int
-    sampling_defaults: dict[str, SamplingDefaultOut] = Field(
-        default_factory=dict,
-        description="Extension: the value a request gets for each sampling knob it leaves out, "
-        "and its source (config, gguf metadata, a model card, openai default). A knob not "
-        "listed is left to the upstream.",
-    )
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelObject]
-
-
 class ErrorDetail(BaseModel):
     message: str
     type: str

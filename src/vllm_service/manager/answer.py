@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from vllm_service.engine import TokenDelta
-from vllm_service.manager.cache import AnswerRecorder, CacheLookup, Flight, ResponseCache
+from vllm_service.manager.cache import Flight, ResponseCache
+from vllm_service.manager.cached_answer import AnswerRecorder, CacheLookup
 from vllm_service.manager.deployment import Attempt
 
 #: The deployment name a cached answer reports.

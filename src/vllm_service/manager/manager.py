@@ -36,7 +36,8 @@ from vllm_service.engine import (
 from vllm_service.engine.registry import kind_named
 from vllm_service.manager.answer import CACHE_DEPLOYMENT, Answer, CacheStep, Route
 from vllm_service.manager.breaker import BreakerOpenError, CircuitBreaker
-from vllm_service.manager.cache import CacheControl, ResponseCache
+from vllm_service.manager.cache import ResponseCache
+from vllm_service.manager.cached_answer import CacheControl
 from vllm_service.manager.deployment import Attempt, Deployment, ServedModel
 
 logger = logging.getLogger(__name__)
