@@ -18,11 +18,9 @@ half-open ──(a probe fails, or outlives probe_timeout)──▶ open
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -102,30 +100,6 @@ class CircuitBreaker:
             self._probes.append(permit)
             return permit
         return Permit(self, probe=False, started=now)
-
-    @contextlib.asynccontextmanager
-    async def call(self, is_failure: Callable[[BaseException], bool]) -> AsyncIterator[Permit]:
-        """``async with breaker.call(is_failure):`` reports the outcome by itself.
-
-        A normal exit is a success; an exception for which ``is_failure`` is true is a
-        failure; cancellation releases; any other exception counts as a success (the
-        deployment answered, the client was wrong). Raises BreakerOpenError when refused.
-        """
-        permit = self.acquire()
-        try:
-            yield permit
-        except BaseException as exc:
-            if permit.done:
-                raise
-            if isinstance(exc, asyncio.CancelledError):
-                permit.release()
-            elif is_failure(exc):
-                permit.failure()
-            else:
-                permit.success()
-            raise
-        if not permit.done:
-            permit.success()
 
     # -- internals ------------------------------------------------------------------------
 

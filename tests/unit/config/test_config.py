@@ -4,7 +4,7 @@ import pytest
 
 from vllm_service.config import DEFAULT_PORT, ConfigError, load_settings
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "config.yaml"
 
 
 def test_defaults_serve_the_bundled_model() -> None:

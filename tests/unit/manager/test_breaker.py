@@ -1,12 +1,17 @@
-"""The circuit breaker's state machine, on an injected clock."""
+"""The circuit breaker's state machine, on an injected clock, and the verdict the manager
+reports to it for each attempt (manager/deployment.py)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
+from vllm_service.engine import EngineUnavailableError, InvalidRequestError
 from vllm_service.manager.breaker import BreakerOpenError, BreakerState, CircuitBreaker
+from vllm_service.manager.deployment import verdict
 
 
 class Clock:
@@ -17,16 +22,23 @@ class Clock:
         return self.now
 
 
-class Upstream5xx(Exception):
-    pass
+def Upstream5xx() -> EngineUnavailableError:
+    return EngineUnavailableError("the upstream answered 502")
 
 
-class Client4xx(Exception):
-    pass
+Client4xx = InvalidRequestError
 
 
-def is_failure(exc: BaseException) -> bool:
-    return isinstance(exc, Upstream5xx | TimeoutError | ConnectionError)
+@asynccontextmanager
+async def attempt(b: CircuitBreaker) -> AsyncIterator[None]:
+    """An attempt as the manager makes one: admitted, then its verdict (or a success)."""
+    permit = b.acquire()
+    try:
+        yield
+    except BaseException as exc:
+        verdict(permit, exc)
+        raise
+    permit.success()
 
 
 def breaker(clock: Clock, **kwargs: float) -> tuple[CircuitBreaker, list[tuple[str, str]]]:
@@ -106,7 +118,7 @@ def test_half_open_admits_at_most_max_calls_among_50_concurrent_callers() -> Non
     async def caller() -> None:
         nonlocal admitted, refused
         try:
-            async with b.call(is_failure):
+            async with attempt(b):
                 admitted += 1
                 await release.wait()
         except BreakerOpenError:
@@ -148,11 +160,11 @@ def test_client_errors_and_cancellation_never_trip_it() -> None:
     b, _ = breaker(clock)
 
     async def client_error() -> None:
-        async with b.call(is_failure):
-            raise Client4xx
+        async with attempt(b):
+            raise Client4xx("bad request")
 
     async def cancelled() -> None:
-        async with b.call(is_failure):
+        async with attempt(b):
             await asyncio.sleep(10)
 
     async def main() -> None:
@@ -170,14 +182,32 @@ def test_client_errors_and_cancellation_never_trip_it() -> None:
     assert b.consecutive_failures == 0
 
 
-def test_failures_through_the_context_manager_open_it() -> None:
+def test_overload_releases_and_never_trips_it() -> None:
+    clock = Clock()
+    b, _ = breaker(clock)
+
+    async def busy() -> None:
+        async with attempt(b):
+            raise EngineUnavailableError("busy", overloaded=True)
+
+    async def main() -> None:
+        for _ in range(10):
+            with pytest.raises(EngineUnavailableError):
+                await busy()
+
+    asyncio.run(main())
+    assert b.state is BreakerState.CLOSED
+    assert b.consecutive_failures == 0
+
+
+def test_failures_through_attempts_open_it() -> None:
     clock = Clock()
     b, _ = breaker(clock)
 
     async def main() -> None:
         for exc in (Upstream5xx(), TimeoutError(), ConnectionError(), Upstream5xx(), Upstream5xx()):
             with pytest.raises(type(exc)):
-                async with b.call(is_failure):
+                async with attempt(b):
                     raise exc
 
     asyncio.run(main())

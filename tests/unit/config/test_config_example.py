@@ -13,7 +13,7 @@ from pydantic import BaseModel, create_model
 from vllm_service.config import ServerConfig, Settings, load_settings
 from vllm_service.engine.options import ProcessOptions, UpstreamOptions
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "config.yaml"
 #: Lines the example shows commented out as "#| ": an alternative a user enables by deleting
 #: the marker (a managed process, which would start a server if it were live).
 ALTERNATIVE = re.compile(r"^(\s*)#\| ?", re.MULTILINE)
