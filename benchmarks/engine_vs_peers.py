@@ -15,7 +15,12 @@ Workload: streaming chat requests with distinct ~60-word prompts and 64 output t
 Set-up (building llama-server, a virtualenv for llama-cpp-python's server) is cached under
 ``~/.cache/vllm-service-bench``. Prints numbers; asserts nothing.
 
+With ``--baseline-src DIR`` (another checkout's ``src``, e.g. a ``git worktree`` of an earlier
+commit) a second vllm-service runs that code, measured in the same rounds at c=16 and c=1;
+``--only-baseline`` leaves the other peers out (a quicker A/B of two versions).
+
     python benchmarks/engine_vs_peers.py [--rounds 3] [--requests 32]
+        [--baseline-src DIR [--only-baseline]]
 """
 
 from __future__ import annotations
@@ -203,6 +208,7 @@ class Peer:
     model: str
     port: int
     ready_path: str = "/health"
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     tokens_per_s: dict[int, list[float]] = field(default_factory=dict)
@@ -217,7 +223,9 @@ class Peer:
     def start(self, workdir: Path) -> None:
         self.log = workdir / f"{self.name.replace(' ', '_')}.log"
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+            )
 
     def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -330,6 +338,28 @@ def memory_bandwidth_gbs() -> float:
     return 2 * src.nbytes / best / 1e9
 
 
+def report_baseline(ours: Peer, baseline: Peer) -> None:
+    """This checkout against the baseline's: medians and each round's value (the spread)."""
+
+    def rounds(values: list[float], scale: float = 1.0) -> str:
+        return " ".join(f"{v * scale:.1f}" for v in values)
+
+    print()
+    print("| measure | this checkout: median (rounds) | baseline: median (rounds) | ratio |")
+    print("| --- | --- | --- | --- |")
+    for c in (16, 1):
+        a, b = ours.tokens_per_s[c], baseline.tokens_per_s[c]
+        print(
+            f"| output tok/s, c={c} | {p50(a):.1f} ({rounds(a)}) | {p50(b):.1f} ({rounds(b)}) "
+            f"| {p50(a) / p50(b):.3f}x |"
+        )
+        a, b = ours.ttft[c], baseline.ttft[c]
+        print(
+            f"| TTFT p50, c={c} (ms) | {p50(a) * 1e3:.0f} | {p50(b) * 1e3:.0f} "
+            f"| {p50(a) / p50(b):.3f}x |"
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -343,6 +373,8 @@ async def main() -> None:
         "still cuts to its default top_k=40); top_k: the same plus top_k 40 sent to both; "
         "greedy: temperature 0",
     )
+    parser.add_argument("--baseline-src", type=Path)
+    parser.add_argument("--only-baseline", action="store_true")
     args = parser.parse_args()
     sampling = SAMPLING[args.sampling]
 
@@ -356,7 +388,7 @@ async def main() -> None:
     )
     server_bin = ensure_llama_server()
     lcp_python = ensure_lcp_server()
-    ours = service_command()
+    ours_cmd = service_command()
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     # The response cache stays off: the engines are compared, not a cache's replay.
     engine_cfg = workdir / "engine.yaml"
@@ -370,14 +402,14 @@ async def main() -> None:
     ports = [free_port() for _ in range(4)]
     ours = Peer(
         "vllm-service",
-        [*ours, "serve", "--port", str(ports[0]), "--config", str(engine_cfg)],
+        [*ours_cmd, "serve", "--port", str(ports[0]), "--config", str(engine_cfg)],
         ours_model,
         ports[0],
         "/ready",
     )
     ours_nc = Peer(
         "vllm-service (no prefix cache)",
-        [*ours, "serve", "--port", str(ports[1]), "--config", str(no_cache_cfg)],
+        [*ours_cmd, "serve", "--port", str(ports[1]), "--config", str(no_cache_cfg)],
         ours_model,
         ports[1],
         "/ready",
@@ -424,6 +456,18 @@ async def main() -> None:
         "/v1/models",
     )
     peers = [ours, ours_nc, peer, lcp]
+    baseline = None
+    if args.baseline_src is not None:
+        port = free_port()
+        baseline = Peer(
+            "vllm-service (baseline)",
+            [*ours_cmd, "serve", "--port", str(port), "--config", str(engine_cfg)],
+            ours_model,
+            port,
+            "/ready",
+            env={"PYTHONPATH": str(args.baseline_src.resolve())},
+        )
+        peers = [ours, baseline] if args.only_baseline else [*peers, baseline]
     try:
         for p in peers:
             p.start(workdir)
@@ -442,21 +486,26 @@ async def main() -> None:
         for p in peers:
             await closed_loop(p, 1, user[:1], sampling)
         for p in (ours, ours_nc):
-            await closed_loop(p, 1, questions[:1], sampling)
+            if p in peers:
+                await closed_loop(p, 1, questions[:1], sampling)
         take = iter(range(1, 400))
         qtake = iter(range(1, 200))
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", flush=True)
             batch = [user[next(take) % 400] for _ in range(args.requests)]
             solo = [user[next(take) % 400] for _ in range(args.solo)]
-            for p in (ours, peer, lcp):
-                rate, samples = await closed_loop(p, 16, batch, sampling)
-                record(p, 16, rate, samples)
-            for p in (ours, peer):
-                rate, samples = await closed_loop(p, 1, solo, sampling)
-                record(p, 1, rate, samples)
+            for p in (ours, baseline, peer, lcp):
+                if p in peers:
+                    rate, samples = await closed_loop(p, 16, batch, sampling)
+                    record(p, 16, rate, samples)
+            for p in (ours, baseline, peer):
+                if p in peers:
+                    rate, samples = await closed_loop(p, 1, solo, sampling)
+                    record(p, 1, rate, samples)
             shared = [questions[next(qtake) % 200] for _ in range(args.solo)]
             for p in (ours, ours_nc):
+                if p not in peers:
+                    continue
                 rate, samples = await closed_loop(p, 1, shared, sampling)
                 record(p, 300, rate, samples)  # 300: "shared system prompt" series
     finally:
@@ -467,6 +516,10 @@ async def main() -> None:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}x" if b else "n/a"
 
+    if baseline is not None:
+        report_baseline(ours, baseline)
+    if args.only_baseline:
+        return
     print()
     print("| measure | vllm-service | peer | ratio |")
     print("| --- | --- | --- | --- |")

@@ -75,7 +75,7 @@ class FakeEngine:
         return EngineHealth(state="ready", device=self.device, info={"fake": 1})
 
     def models(self) -> list[ModelCard]:
-        return [ModelCard(id=self.name, owned_by="test", created=0, max_model_len=2048)]
+        return [ModelCard(owned_by="test", created=0, max_model_len=2048)]
 
     async def start(self) -> None:
         return None

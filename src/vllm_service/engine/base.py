@@ -257,7 +257,8 @@ class EngineHealth:
 
 @dataclass(frozen=True, slots=True)
 class ModelCard:
-    id: str
+    """What an engine says of the model it serves (clients see it under the config's names)."""
+
     owned_by: str
     created: int
     max_model_len: int

@@ -163,7 +163,6 @@ class UpstreamEngine:
     def models(self) -> list[ModelCard]:
         return [
             ModelCard(
-                id=self.name,
                 owned_by="upstream",
                 created=self._created,
                 max_model_len=self.options.max_model_len,

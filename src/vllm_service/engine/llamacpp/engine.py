@@ -190,7 +190,6 @@ class LlamaCppEngine:
     def models(self) -> list[ModelCard]:
         return [
             ModelCard(
-                id=self.name,
                 owned_by="vllm-service",
                 created=self._created,
                 max_model_len=self.options.max_model_len,
