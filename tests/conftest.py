@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -143,6 +144,8 @@ def start_service(
     args += extra_args or []
     log_path = tmp_dir / "service.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SERVICE_")}
+    # The ledger's default data dir (its SQLite file and journal) goes under the test's dir.
+    env["XDG_DATA_HOME"] = str(tmp_dir / "data")
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     service = Service(process=process, port=port, log_path=log_path)
@@ -212,3 +215,68 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 @pytest.fixture
 def client(service: Service) -> openai.OpenAI:
     return service.client()
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL server of our own: initdb'd in a temp dir, on a free loopback port."""
+
+    bin_dir: Path
+    data_dir: Path
+    port: int
+    run_as: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def ctl(self, *args: str) -> None:
+        command = [*self.run_as, str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        self.ctl("-w", "-l", str(self.data_dir / "server.log"), "start")
+
+    def stop(self) -> None:
+        self.ctl("-w", "-m", "fast", "stop")
+
+
+def postgres_bin_dir() -> Path:
+    """The server binaries of the Debian 'postgresql' package (not on PATH)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    message = "PostgreSQL is missing: install the Debian package 'postgresql' (scripts/test does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    bin_dir = postgres_bin_dir()
+    # initdb refuses to run as root: as root, the server runs as the package's postgres user.
+    run_as: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="vllm-service-pg-"))
+    if os.geteuid() == 0:
+        run_as = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(base, "postgres")
+    data = base / "data"
+    subprocess.run(
+        [*run_as, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    port = free_port()
+    conf = f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{base}'\n"
+    with (data / "postgresql.conf").open("a") as f:
+        f.write(conf + "fsync = off\nmax_connections = 200\n")
+    server = Postgres(bin_dir, data, port, run_as)
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from vllm_service.accounting.ledger import Ledger
 from vllm_service.accounting.stats import BREAKER_STATES, CacheStats, DeploymentStats
 from vllm_service.engine.base import SchedulerStats
 
@@ -174,3 +175,34 @@ class CacheCollector(Collector):
                 "Answers evicted to stay within max_entries / max_bytes.",
                 value=store.evictions,
             )
+
+
+class LedgerCollector(Collector):
+    """The ledger's journal and writer, read at scrape time."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def collect(self) -> Iterable[Metric]:
+        ledger = self.ledger
+        journal = ledger.journal
+        yield CounterMetricFamily(
+            "vllm_ledger_rows",
+            "Ledger rows committed to the database by this process.",
+            value=ledger.committed,
+        )
+        yield CounterMetricFamily(
+            "vllm_ledger_write_errors",
+            "Failed ledger writes (each retried; the rows wait in the journal).",
+            value=ledger.write_errors,
+        )
+        yield CounterMetricFamily(
+            "vllm_ledger_dropped",
+            "Ledger rows dropped because the journal was full. Must stay 0.",
+            value=journal.dropped if journal is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "vllm_ledger_journal_bytes",
+            "Bytes of ledger rows waiting in the journal for the database.",
+            value=journal.bytes if journal is not None else 0,
+        )

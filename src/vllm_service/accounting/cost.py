@@ -9,6 +9,7 @@ A hosted API charges per token, input and output priced apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 HOURS_PER_MONTH = 730.0
 
@@ -33,11 +34,18 @@ class HardwareCost:
 
 @dataclass(frozen=True, slots=True)
 class HostedPrice:
-    """A hosted API's list price, in dollars per million tokens."""
+    """A hosted API's list price, in dollars per million tokens, from a date on."""
 
     name: str = "gpt-4o-mini"
     input_per_million: float = 0.15
     output_per_million: float = 0.60
+    #: When the price took effect (OpenAI's list price as of this date).
+    effective_from: date = date(2024, 7, 18)
+
+    @property
+    def version(self) -> str:
+        """Which price this is: the reference's name and its effective date."""
+        return f"{self.name}@{self.effective_from.isoformat()}"
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (
@@ -77,3 +85,24 @@ def compare_costs(
         hosted_per_1k=hosted.cost(prompt_tokens, completion_tokens) / tokens * 1000.0,
         hardware_per_hour=hardware.per_hour,
     )
+
+
+class PriceTable:
+    """The hosted references' prices, each with its history (one entry per effective date)."""
+
+    def __init__(self, prices: list[HostedPrice]) -> None:
+        self._prices = sorted(prices, key=lambda p: p.effective_from)
+        #: Reference names, in the configuration's order (the first is the metrics' one).
+        self.references = list(dict.fromkeys(p.name for p in prices))
+
+    def at(self, name: str, day: date) -> HostedPrice:
+        """The price of ``name`` in effect on ``day`` (its earliest one before any took effect)."""
+        history = [p for p in self._prices if p.name == name]
+        if not history:
+            raise KeyError(name)
+        effective = [p for p in history if p.effective_from <= day]
+        return effective[-1] if effective else history[0]
+
+    def on(self, day: date) -> list[HostedPrice]:
+        """Every reference's price in effect on ``day``, in the configuration's order."""
+        return [self.at(name, day) for name in self.references]

@@ -11,8 +11,9 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from vllm_service.accounting.collectors import CacheCollector, DeploymentCollector
+from vllm_service.accounting.collectors import CacheCollector, DeploymentCollector, LedgerCollector
 from vllm_service.accounting.cost import HardwareCost, HostedPrice
+from vllm_service.accounting.ledger import Ledger
 from vllm_service.accounting.request_log import RequestRecord
 from vllm_service.accounting.stats import CacheStats, DeploymentStats
 
@@ -32,6 +33,7 @@ class Metrics:
         *,
         latency_target: float,
         cache: Callable[[], CacheStats] | None = None,
+        ledger: Ledger | None = None,
         hosted: HostedPrice | None = None,
         hardware: HardwareCost | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -59,6 +61,8 @@ class Metrics:
         r.register(self._engines)
         if cache is not None:
             r.register(CacheCollector(cache))
+        if ledger is not None:
+            r.register(LedgerCollector(ledger))
 
     def _token_metrics(self, r: CollectorRegistry) -> None:
         self.latency_target_met = Counter(

@@ -39,6 +39,12 @@ class RequestRecord:
     status: int = 0
     model: str | None = None
     device: str | None = None
+    #: The engine kind of the deployment that served it (llamacpp, upstream, process).
+    engine: str | None = None
+    #: The request's 'user' field, as the client sent it (the ledger may hash it).
+    user: str | None = None
+    #: The OpenAI error type of an error answer (invalid_request_error, ...).
+    error_type: str | None = None
     #: The deployment that served it, and whether that was a fallback model's.
     deployment: str | None = None
     fallback: bool = False
@@ -55,6 +61,8 @@ class RequestRecord:
     timings: list[Timing] = field(default_factory=list)
     #: The request's usage: the response's own tally (api/serving.py), added up once.
     usage: UsageTally = field(default_factory=UsageTally)
+    #: Its ledger row is in the journal (written once, before the last byte).
+    ledgered: bool = False
 
     @property
     def prompt_tokens(self) -> int:

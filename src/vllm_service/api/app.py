@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -14,21 +15,23 @@ from opentelemetry import trace
 from starlette.middleware.cors import CORSMiddleware
 
 from vllm_service import __version__
-from vllm_service.accounting.cost import HardwareCost, HostedPrice
+from vllm_service.accounting.cost import HardwareCost, HostedPrice, PriceTable
 from vllm_service.accounting.latency import LatencyWindow
+from vllm_service.accounting.ledger import Ledger, LedgerSettings
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import configure_request_log
 from vllm_service.accounting.tracing import TRACER_NAME
-from vllm_service.api import openai, ops, tokenize
+from vllm_service.api import cost, openai, ops, tokenize
 from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import BodySizeLimit, install_error_handlers
 from vllm_service.api.observe import Observe
-from vllm_service.config import ModelConfig, ObservabilityConfig, Settings
+from vllm_service.config import ConfigError, ModelConfig, ObservabilityConfig, Settings
 from vllm_service.engine import Engine
 from vllm_service.manager import ModelManager, ResponseCache, build_engine
+from vllm_service.storage import DatabaseError
 
 #: Every router of the app, in the order they are matched.
-ROUTERS = (*openai.ROUTERS, ops.router, tokenize.router)
+ROUTERS = (*openai.ROUTERS, ops.router, tokenize.router, cost.router)
 
 
 def create_app(
@@ -46,6 +49,7 @@ def create_app(
     """
     cache = ResponseCache(settings.cache) if settings.cache.enabled else None
     manager = ModelManager(settings.models, engine_factory, cache=cache)
+    ledger = _ledger(settings)
     otel = _telemetry(settings.observability, telemetry)
     # Swagger UI's assets come from the installed fastapi-offline package, not a CDN that an
     # air-gapped deployment cannot reach.
@@ -53,13 +57,14 @@ def create_app(
         title="vllm-service",
         version=__version__,
         description="A self-hosted, OpenAI-compatible LLM service.",
-        lifespan=_lifespan(manager, on_fatal),
+        lifespan=_lifespan(manager, ledger, on_fatal),
         telemetry=otel,
     )
     provider = otel.get("tracer_provider") or trace.get_tracer_provider()
     tracer = provider.get_tracer(TRACER_NAME, __version__)
     app.state.tracer = manager.tracer = tracer
     app.state.manager = manager
+    app.state.ledger = ledger
     app.state.server_config = settings.server
     app.state.connection_guard = ConnectionGuard(
         header_timeout=settings.server.header_timeout,
@@ -77,15 +82,50 @@ def create_app(
             allow_headers=["*"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_request_body_bytes)
-    _observe(app, settings, cache, tracer)
+    _observe(app, settings, cache, tracer, ledger)
     return app
 
 
+def price_table(settings: Settings) -> PriceTable:
+    return PriceTable([HostedPrice(**h.model_dump()) for h in settings.cost.hosted])
+
+
+def _ledger(settings: Settings) -> Ledger | None:
+    """The cost ledger (None when off, or when observability is: it rides on the request
+    observer); a URL it cannot use is a configuration error naming the key."""
+    config = settings.ledger
+    if not (config.enabled and settings.observability.enabled):
+        return None
+    ledger_settings = LedgerSettings(
+        url=config.database_url(),
+        journal_dir=config.data_dir / "journal",
+        journal_max_bytes=config.journal_max_bytes,
+        fsync=config.fsync,
+        batch_rows=config.batch_rows,
+        flush_interval=config.flush_interval,
+        retention_days=config.retention_days,
+        hash_users=config.hash_users,
+    )
+    hardware = HardwareCost(**settings.cost.hardware.model_dump())
+    try:
+        return Ledger(ledger_settings, price_table(settings), hardware)
+    except DatabaseError as exc:
+        raise ConfigError(f"ledger.url: {exc}") from None
+
+
 def _lifespan(
-    manager: ModelManager, on_fatal: Callable[[BaseException], None] | None
+    manager: ModelManager,
+    ledger: Ledger | None,
+    on_fatal: Callable[[BaseException], None] | None,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if ledger is not None:
+            try:
+                await ledger.start()
+            except DatabaseError as exc:
+                raise ConfigError(f"ledger.url: {exc}") from None
+
         async def load() -> None:
             await manager.start()
             if manager.startup_error is not None and on_fatal is not None:
@@ -100,6 +140,8 @@ def _lifespan(
         finally:
             await loading
             await manager.stop()
+            if ledger is not None:
+                await ledger.stop()
 
     return lifespan
 
@@ -121,7 +163,11 @@ def _telemetry(obs: ObservabilityConfig, overrides: TelemetryConfig | None) -> T
 
 
 def _observe(
-    app: FastAPI, settings: Settings, cache: ResponseCache | None, tracer: trace.Tracer
+    app: FastAPI,
+    settings: Settings,
+    cache: ResponseCache | None,
+    tracer: trace.Tracer,
+    ledger: Ledger | None,
 ) -> None:
     """Metrics, the latency window, and (unless observability is off) the middleware that
     feeds them every request."""
@@ -129,7 +175,8 @@ def _observe(
     app.state.metrics = metrics = Metrics(
         latency_target=obs.latency_target_ms / 1e3,
         cache=cache.stats if cache is not None else None,
-        hosted=HostedPrice(**prices.hosted.model_dump()),
+        ledger=ledger,
+        hosted=price_table(settings).on(datetime.now(UTC).date())[0],
         hardware=HardwareCost(**prices.hardware.model_dump()),
     )
     app.state.latency = latency = LatencyWindow(
@@ -151,4 +198,5 @@ def _observe(
         routes=[r.path for rt in ROUTERS for r in rt.routes if isinstance(r, APIRoute)],
         log_requests=obs.log_requests,
         tracer=tracer,
+        ledger=ledger,
     )

@@ -100,7 +100,7 @@ async def create_chat_completion(
     served = resolve_model(request, manager, body.model)
     request_id = new_id("chatcmpl")
     requests = _requests(body, request_id)
-    started = await start(request, manager, served, requests, stream=body.stream)
+    started = await start(request, manager, served, requests, stream=body.stream, user=body.user)
     created = int(time.time())
     if body.stream:
         return EventSourceResponse(

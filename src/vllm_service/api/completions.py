@@ -107,7 +107,13 @@ async def create_completion(
     request_id = new_id("cmpl")
     requests = _requests(body, prompts, request_id)
     started = await start(
-        request, manager, served, requests, stream=body.stream, choices_per_prompt=body.n
+        request,
+        manager,
+        served,
+        requests,
+        stream=body.stream,
+        choices_per_prompt=body.n,
+        user=body.user,
     )
     created = int(time.time())
     echo = [str(prompts[k // body.n]) if body.echo else "" for k in range(len(requests))]

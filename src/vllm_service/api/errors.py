@@ -181,13 +181,19 @@ def _validation_error(exc: RequestValidationError, request: Request) -> APIError
 def install_error_handlers(app: FastAPI) -> None:
     """Map every exception that can leave a handler onto an OpenAI error body."""
 
+    def answer(request: Request, api: APIError) -> JSONResponse:
+        rec = getattr(request.state, "record", None)
+        if rec is not None:
+            rec.error_type = api.type
+        return _json(api)
+
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
-        return _json(exc)
+        return answer(request, exc)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _json(_validation_error(exc, request))
+        return answer(request, _validation_error(exc, request))
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -196,19 +202,21 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and message == _BODY_PARSE_FAILED:
             # JSON that the parser gives up on (nesting too deep): the same answer as any other
             # unparsable body.
-            return _json(_invalid_json())
+            return answer(request, _invalid_json())
         if exc.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}."
         headers = dict(exc.headers) if exc.headers else None
-        return _json(APIError(exc.status_code, message, code=code, headers=headers))
+        return answer(request, APIError(exc.status_code, message, code=code, headers=headers))
 
     async def on_engine(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EngineError)
-        return _json(from_engine_error(exc))
+        return answer(request, from_engine_error(exc))
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _json(APIError(500, "The server had an error while processing your request."))
+        return answer(
+            request, APIError(500, "The server had an error while processing your request.")
+        )
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(ClientDisconnected, on_client_disconnected)

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vllm_service.accounting.latency import LatencyWindow
+from vllm_service.accounting.ledger import Ledger
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import RequestRecord
 from vllm_service.accounting.tracing import emit_engine_spans
@@ -25,6 +26,8 @@ from vllm_service.accounting.tracing import emit_engine_spans
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+#: The requests the ledger keeps: those that ask for tokens.
+LEDGER_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -44,7 +47,9 @@ class Observe:
         routes: Iterable[str],
         log_requests: bool,
         tracer: trace.Tracer,
+        ledger: Ledger | None = None,
     ) -> None:
+        self.ledger = ledger
         self.tracer = tracer
         self.app = app
         self.metrics = metrics
@@ -81,6 +86,9 @@ class Observe:
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 rec.latency = time.monotonic() - started
+                # In the journal before the client has the whole answer: a crash after this
+                # byte loses no row.
+                self._ledger(rec)
             await send(message)
 
         try:
@@ -92,7 +100,17 @@ class Observe:
             in_flight.dec()
             if rec.latency is None:
                 rec.latency = time.monotonic() - started
+            self._ledger(rec)  # the answer did not end (client gone, or a failure)
             self._account(rec)
+
+    def _ledger(self, rec: RequestRecord) -> None:
+        if self.ledger is None or rec.ledgered or rec.route not in LEDGER_ROUTES:
+            return
+        rec.ledgered = True
+        try:
+            self.ledger.record(rec)
+        except Exception:  # accounting must never break serving
+            logger.exception("could not journal request %s", rec.request_id)
 
     def _account(self, rec: RequestRecord) -> None:
         try:

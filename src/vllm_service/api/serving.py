@@ -175,6 +175,7 @@ async def start(
     *,
     stream: bool,
     choices_per_prompt: int | None = None,
+    user: str | None = None,
 ) -> Started:
     """Start every choice; an engine refusal raised here becomes an OpenAI error body (the
     app's EngineError handler), before any byte of the response is sent."""
@@ -182,6 +183,7 @@ async def start(
     usage = UsageTally(choices_per_prompt=choices_per_prompt)
     if rec is not None:
         rec.model, rec.device, rec.stream = served.config.name, manager.device(served), stream
+        rec.user = user
         rec.usage = usage
     control = CacheControl.from_header(request.headers.get("cache-control"))
     group = object()
@@ -206,11 +208,9 @@ async def start(
     if rec is not None:
         # Every choice has its first token now: the response can start.
         rec.ttft = time.monotonic() - rec.started
-        rec.deployment, rec.fallback, rec.cache = (
-            summary.deployment,
-            summary.fallback,
-            summary.cache,
-        )
+        rec.deployment, rec.fallback = summary.deployment, summary.fallback
+        rec.cache = summary.cache
+        rec.engine = next((r.engine for r in streams.routes if r.engine is not None), None)
     return Started(streams, summary.headers(), timing)
 
 

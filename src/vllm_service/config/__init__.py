@@ -30,6 +30,7 @@ from vllm_service.config.service import (
     CostConfig,
     HardwareCostConfig,
     HostedPriceConfig,
+    LedgerConfig,
     ObservabilityConfig,
     SemanticCacheConfig,
     ServerConfig,
@@ -47,6 +48,7 @@ __all__ = [
     "CostConfig",
     "HardwareCostConfig",
     "HostedPriceConfig",
+    "LedgerConfig",
     "ModelCacheConfig",
     "ModelConfig",
     "ObservabilityConfig",
@@ -79,6 +81,7 @@ class Settings(BaseSettings):
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
 
     @field_validator("models")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from datetime import date
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vllm_service.accounting.cost import HardwareCost, HostedPrice
 from vllm_service.config.models import _Strict
@@ -12,6 +15,12 @@ from vllm_service.config.models import _Strict
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8090
 DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    """$XDG_DATA_HOME/vllm-service, or ~/.local/share/vllm-service."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "vllm-service"
 
 
 class ServerConfig(_Strict):
@@ -167,9 +176,14 @@ _HOSTED, _HARDWARE = HostedPrice(), HardwareCost()
 
 
 class HostedPriceConfig(_Strict):
-    """The hosted API this service replaces, at its list price."""
+    """A hosted API this service replaces, at its list price from a date on."""
 
     name: str = Field(default=_HOSTED.name, description="Shown in metrics and reports.")
+    effective_from: date = Field(
+        default=_HOSTED.effective_from,
+        description="The day this price took effect. A new price is a new entry with the same "
+        "name and a later date: the ledger keeps which one each request was costed at.",
+    )
     input_per_million: float = Field(
         default=_HOSTED.input_per_million, ge=0, description="$ per 1M prompt tokens."
     )
@@ -197,7 +211,59 @@ class HardwareCostConfig(_Strict):
 
 
 class CostConfig(_Strict):
-    """Prices for the savings metrics: the hosted API's and this hardware's."""
+    """Prices for the savings metrics and the ledger: the hosted APIs' and this hardware's."""
 
-    hosted: HostedPriceConfig = Field(default_factory=HostedPriceConfig)
+    hosted: list[HostedPriceConfig] = Field(
+        default_factory=lambda: [HostedPriceConfig()],
+        min_length=1,
+        description="The hosted references, the first one the metrics' (one mapping loads too).",
+    )
     hardware: HardwareCostConfig = Field(default_factory=HardwareCostConfig)
+
+    @field_validator("hosted", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, dict) else value
+
+
+class LedgerConfig(_Strict):
+    """The cost ledger: one row per answered request, in SQLite (default) or PostgreSQL."""
+
+    enabled: bool = Field(default=True, description="Keep the ledger.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the SQLite file and the journal live (default: "
+        "$XDG_DATA_HOME/vllm-service, or ~/.local/share/vllm-service).",
+    )
+    url: str | None = Field(
+        default=None,
+        description="A database URL: postgresql+asyncpg://user:pw@host/db for replicas; "
+        "unset = sqlite+aiosqlite:///<data_dir>/ledger.db.",
+    )
+    retention_days: float = Field(default=400, gt=0, description="Rows older than this are purged.")
+    hash_users: bool = Field(
+        default=False, description="Store a hash of the request's 'user', not the value."
+    )
+    fsync: bool = Field(
+        default=False,
+        description="fsync the journal after every row (survives a power cut, not only a crash; "
+        "costs a disk flush per request).",
+    )
+    journal_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Most bytes of rows waiting for the database; past it rows are dropped "
+        "and counted (vllm_ledger_dropped_total).",
+    )
+    batch_rows: int = Field(default=1000, ge=1, description="Rows written per transaction.")
+    flush_interval: float = Field(
+        default=0.2, gt=0, description="Seconds between moves of the journal into the database."
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def database_url(self) -> str:
+        return self.url or f"sqlite+aiosqlite:///{self.data_dir / 'ledger.db'}"

@@ -1,0 +1,10 @@
+"""The database: what must outlive a process (the cost ledger; keys and the audit trail next).
+
+SQLite by default (one file, WAL mode), PostgreSQL by URL for replicas; SQLAlchemy 2 async
+(aiosqlite, asyncpg); the schema is migrated by Alembic at start or by `vllm-service db upgrade`.
+"""
+
+from vllm_service.storage.database import Database, DatabaseError
+from vllm_service.storage.tables import ledger, ledger_costs, metadata
+
+__all__ = ["Database", "DatabaseError", "ledger", "ledger_costs", "metadata"]

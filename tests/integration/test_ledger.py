@@ -1,0 +1,262 @@
+"""The cost ledger against real databases: one row per request, whatever the path; nothing
+lost when the database stops or the service is killed; /cost-comparison agrees with /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
+
+from tests.conftest import MODEL, Postgres, Service, start_service
+from vllm_service.storage import Database, ledger
+
+CHAT = "/v1/chat/completions"
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "max_tokens": 4,
+        **fields,
+    }
+
+
+def rows_for(url: str, request_ids: list[str]) -> dict[str, int]:
+    """How many ledger rows each request id has."""
+
+    async def read() -> dict[str, int]:
+        db = Database(url)
+        try:
+            query = (
+                select(ledger.c.request_id, func.count())
+                .where(ledger.c.request_id.in_(request_ids))
+                .group_by(ledger.c.request_id)
+            )
+            async with db.engine.connect() as conn:
+                return {rid: n for rid, n in (await conn.execute(query)).all()}
+        finally:
+            await db.close()
+
+    return asyncio.run(read())
+
+
+def wait_for_rows(url: str, request_ids: list[str], timeout: float = 30) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = rows_for(url, request_ids)
+        if len(found) == len(set(request_ids)) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def sqlite_url(tmp: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp / 'data' / 'vllm-service' / 'ledger.db'}"
+
+
+def metric_total(service: Service, name: str) -> float:
+    text = httpx2.get(f"{service.base_url}/metrics", timeout=10).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    )
+
+
+def send_every_kind(http: httpx2.Client) -> list[str]:
+    """One request of each path a row must come from; their request ids."""
+    ids: list[str] = []
+
+    def post(path: str, body: dict[str, Any], stream: bool = False) -> httpx2.Response:
+        rid = uuid.uuid4().hex
+        ids.append(rid)
+        headers = {"x-request-id": rid}
+        if stream:
+            with http.stream("POST", path, json=body, headers=headers) as r:
+                r.read()
+                return r
+        return http.post(path, json=body, headers=headers)
+
+    assert post(CHAT, chat(temperature=0)).status_code == 200  # a miss, stored
+    assert post(CHAT, chat(temperature=0)).headers["x-cache"] == "hit"
+    assert post(CHAT, chat(stream=True, n=2), stream=True).status_code == 200
+    prompts = {"model": MODEL, "prompt": ["a", "b"], "n": 2, "max_tokens": 3}
+    assert post("/v1/completions", prompts).status_code == 200
+    assert post("/v1/completions", {**prompts, "stream": True}, stream=True).status_code == 200
+    assert post(CHAT, chat(model="no-such-model")).status_code == 404
+    assert post(CHAT, chat(max_tokens=-1)).status_code == 400
+    return ids
+
+
+def check_one_row_each(service: Service, url: str) -> None:
+    prompt_before = metric_total(service, "vllm_prompt_tokens_total")
+    with httpx2.Client(base_url=service.base_url, timeout=60) as http:
+        ids = send_every_kind(http)
+        # A client that leaves mid-stream.
+        rid = uuid.uuid4().hex
+        ids.append(rid)
+        body = chat(stream=True, max_tokens=200, ignore_eos=True)
+        with http.stream("POST", CHAT, json=body, headers={"x-request-id": rid}) as r:
+            next(r.iter_lines())
+    found = wait_for_rows(url, ids)
+    assert found == dict.fromkeys(ids, 1)
+    # The ledger's tokens are the metrics' tokens.
+    prompt_after = metric_total(service, "vllm_prompt_tokens_total")
+
+    async def ledger_prompt_tokens() -> int:
+        db = Database(url)
+        try:
+            query = select(func.sum(ledger.c.prompt_tokens)).where(ledger.c.request_id.in_(ids))
+            async with db.engine.connect() as conn:
+                return int((await conn.execute(query)).scalar() or 0)
+        finally:
+            await db.close()
+
+    assert asyncio.run(ledger_prompt_tokens()) == prompt_after - prompt_before
+
+
+@pytest.fixture
+def sqlite_service(tmp_path: Path) -> Any:
+    svc = start_service(
+        tmp_path,
+        {"cache": {"enabled": True}, "cost": {"hardware": {"hourly": 0.5}}},
+    )
+    yield svc
+    svc.stop()
+
+
+def test_every_request_has_one_row_in_sqlite(sqlite_service: Service, tmp_path: Path) -> None:
+    check_one_row_each(sqlite_service, sqlite_url(tmp_path))
+
+
+def test_every_request_has_one_row_in_postgresql(tmp_path: Path, postgres: Postgres) -> None:
+    svc = start_service(tmp_path, {"cache": {"enabled": True}, "ledger": {"url": postgres.url}})
+    try:
+        check_one_row_each(svc, postgres.url)
+    finally:
+        svc.stop()
+
+
+def test_cost_comparison_adds_up_the_ledger(sqlite_service: Service) -> None:
+    base = sqlite_service.base_url
+    with httpx2.Client(base_url=base, timeout=60) as http:
+        before = http.get("/cost-comparison", params={"period": "hour"}).json()
+        for _ in range(3):
+            assert http.post(CHAT, json=chat(temperature=0.7)).status_code == 200
+        time.sleep(1.0)  # the writer moves the journal every 0.2 s
+        after = http.get("/cost-comparison", params={"period": "hour"}).json()
+    o_before, o_after = before["overall"], after["overall"]
+    assert o_after["requests"] - o_before["requests"] == 3
+    assert o_after["local_cost_usd"] > 0  # a configured hardware cost: never $0
+    hosted = o_after["hosted_cost_usd"]["gpt-4o-mini"]
+    tokens = o_after["prompt_tokens"] * 0.15e-6 + o_after["completion_tokens"] * 0.6e-6
+    assert hosted == pytest.approx(tokens)
+    assert after["models"][MODEL]["requests"] == o_after["requests"]
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"period": "century"}, "period"),
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2999-01-01T00:00:00"}, "since"),
+        ({"since": "nan"}, "since"),
+        ({"period": "day", "since": "0"}, "since"),
+        ({"model": "no-such-model"}, "model"),
+    ],
+)
+def test_cost_comparison_refuses_bad_input(
+    sqlite_service: Service, params: dict[str, str], param: str
+) -> None:
+    r = httpx2.get(f"{sqlite_service.base_url}/cost-comparison", params=params, timeout=10)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == param
+    assert httpx2.get(f"{sqlite_service.base_url}/health", timeout=10).status_code == 200
+
+
+def load(base: str, ids: list[str], stop: threading.Event, done: list[str]) -> None:
+    """Sends requests until stopped; ``done`` gets the ids of answers received complete."""
+    with httpx2.Client(base_url=base, timeout=60) as http:
+        while not stop.is_set():
+            rid = uuid.uuid4().hex
+            ids.append(rid)
+            try:
+                r = http.post(CHAT, json=chat(max_tokens=2), headers={"x-request-id": rid})
+            except httpx2.TransportError:
+                return
+            if r.status_code == 200 and r.json()["choices"]:
+                done.append(rid)
+
+
+def test_a_killed_service_loses_no_row_its_clients_received(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    # A slow writer: rows wait in the journal when the process is killed.
+    config = {"ledger": {"flush_interval": 30}}
+    svc = start_service(tmp_path, config)
+    ids: list[str] = []
+    done: list[str] = []
+    stop = threading.Event()
+    workers = [
+        threading.Thread(target=load, args=(svc.base_url, ids, stop, done)) for _ in range(4)
+    ]
+    for w in workers:
+        w.start()
+    time.sleep(3)
+    os.kill(svc.process.pid, signal.SIGKILL)
+    svc.process.wait()
+    stop.set()
+    for w in workers:
+        w.join()
+    assert len(done) > 5
+    restarted = start_service(tmp_path, config)  # replays the dead process's journal
+    try:
+        found = wait_for_rows(url, done)
+        assert found == dict.fromkeys(done, 1)
+    finally:
+        restarted.stop()
+
+
+def test_no_row_is_lost_while_postgresql_is_down(tmp_path: Path, postgres: Postgres) -> None:
+    svc = start_service(tmp_path, {"ledger": {"url": postgres.url}})
+    ids: list[str] = []
+    done: list[str] = []
+    stop = threading.Event()
+    workers = [
+        threading.Thread(target=load, args=(svc.base_url, ids, stop, done)) for _ in range(4)
+    ]
+    try:
+        for w in workers:
+            w.start()
+        time.sleep(1)
+        postgres.stop()
+        time.sleep(10)
+        postgres.start()
+        time.sleep(1)
+        stop.set()
+        for w in workers:
+            w.join()
+        found = wait_for_rows(postgres.url, done, timeout=60)
+        assert found == dict.fromkeys(done, 1)
+        assert len(done) > 10
+        assert metric_total(svc, "vllm_ledger_dropped_total") == 0
+        assert metric_total(svc, "vllm_ledger_write_errors_total") > 0  # it did see the outage
+        assert metric_total(svc, "vllm_ledger_rows_total") >= len(done)
+    finally:
+        stop.set()
+        svc.stop()
+
+
+def test_a_broken_ledger_url_stops_the_start_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"ledger\.url"):
+        start_service(tmp_path, {"ledger": {"url": "postgresql+asyncpg://nobody@127.0.0.1:1/x"}})
