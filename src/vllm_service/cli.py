@@ -176,6 +176,16 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _ledger_commands() -> None:
+    from vllm_service.ledger_commands import cost_app, db_app
+
+    app.add_typer(db_app, name="db")
+    app.add_typer(cost_app, name="cost")
+
+
+_ledger_commands()
+
+
 def _bench_command() -> None:
     from vllm_service.bench.command import bench
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -264,14 +264,14 @@ class Ledger:
 
     async def purge(self, before: float) -> int:
         """Delete rows older than ``before`` (seconds since the epoch); returns how many."""
-        async with self.db.engine.begin() as conn:
-            old = ledger.c.time < before
-            await conn.execute(
-                delete(ledger_costs).where(
-                    ledger_costs.c.ledger_id.in_(
-                        ledger.select().with_only_columns(ledger.c.id).where(old)
-                    )
-                )
-            )
-            result = await conn.execute(delete(ledger).where(old))
-        return int(result.rowcount or 0)
+        return await purge(self.db, before)
+
+
+async def purge(db: Database, before: float) -> int:
+    """Delete ledger rows older than ``before`` (seconds since the epoch); returns how many."""
+    old = ledger.c.time < before
+    async with db.engine.begin() as conn:
+        ids = select(ledger.c.id).where(old)
+        await conn.execute(delete(ledger_costs).where(ledger_costs.c.ledger_id.in_(ids)))
+        result = await conn.execute(delete(ledger).where(old))
+    return int(result.rowcount or 0)

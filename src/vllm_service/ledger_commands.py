@@ -1,0 +1,217 @@
+"""`vllm-service db` and `vllm-service cost`: the database's schema, and reports from the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vllm_service.accounting.cost import HOURS_PER_MONTH, HardwareCost, HostedPrice, PriceTable
+from vllm_service.accounting.cost_report import CostReport, cost_report
+from vllm_service.accounting.ledger import purge as purge_rows
+from vllm_service.config import ConfigError, Settings, load_settings
+from vllm_service.storage import Database, DatabaseError
+
+db_app = typer.Typer(help="The service's database (the cost ledger).", no_args_is_help=True)
+cost_app = typer.Typer(help="Costs from the ledger, and projections.", no_args_is_help=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (as for serve).")
+]
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+
+def _database(settings: Settings) -> Database:
+    try:
+        return Database(settings.ledger.database_url())
+    except DatabaseError as exc:
+        typer.echo(f"error: ledger.url: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+
+def parse_time(value: str, now: float) -> float:
+    """'30d', '12h', '90m' before now, or an ISO 8601 date/time (UTC unless it says)."""
+    match = _SPAN.match(value)
+    if match:
+        return now - float(match[1]) * _UNIT[match[2]]
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: give 30d, 12h, or an ISO date") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate the ledger's schema (serve does this at start too)."""
+    db = _database(_settings(config))
+
+    async def run() -> None:
+        try:
+            await db.upgrade()
+        finally:
+            await db.close()
+
+    try:
+        asyncio.run(run())
+    except DatabaseError as exc:
+        typer.echo(f"error: ledger.url: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"schema up to date: {db.safe_url}")
+
+
+def _hardware(settings: Settings) -> HardwareCost:
+    return HardwareCost(**settings.cost.hardware.model_dump())
+
+
+async def _reports(
+    db: Database, hardware: HardwareCost, since: float, until: float, by: str
+) -> list[tuple[str, CostReport]]:
+    try:
+        if by == "model":
+            return [("all", await cost_report(db, hardware, since=since, until=until))]
+        day = 86400.0
+        start = since - since % day
+        out = []
+        while start < until:
+            end = min(start + day, until)
+            label = datetime.fromtimestamp(start, UTC).date().isoformat()
+            out.append((label, await cost_report(db, hardware, since=start, until=end)))
+            start += day
+        return out
+    finally:
+        await db.close()
+
+
+@cost_app.command("report")
+def report(
+    since: Annotated[str, typer.Option(help="30d, 12h, or an ISO date.")] = "30d",
+    by: Annotated[str, typer.Option(help="model or day.")] = "model",
+    output: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    config: ConfigOption = None,
+) -> None:
+    """Requests, tokens, local and hosted-equivalent cost from the ledger."""
+    if by not in ("model", "day"):
+        raise typer.BadParameter("--by must be model or day")
+    if output not in ("table", "json", "csv"):
+        raise typer.BadParameter("--format must be table, json or csv")
+    settings = _settings(config)
+    now = time.time()
+    reports = asyncio.run(
+        _reports(_database(settings), _hardware(settings), parse_time(since, now), now, by)
+    )
+    rows = []
+    for label, rep in reports:
+        groups = rep.models.items() if by == "model" else [(label, rep.overall)]
+        for name, totals in groups:
+            body = totals.as_dict()
+            rows.append({"group": name, **{k: body[k] for k in _COLUMNS[1:4]}, **_costs(body)})
+    if output == "json":
+        extra = reports[0][1].as_dict() if by == "model" else {}
+        typer.echo(json.dumps({"since": since, "by": by, "rows": rows, **extra}, indent=2))
+    elif output == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else _COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            typer.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+_COLUMNS = ["group", "requests", "prompt_tokens", "completion_tokens"]
+
+
+def _costs(body: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"local_cost_usd": body["local_cost_usd"]}
+    for ref, cost in body["hosted_cost_usd"].items():
+        out[f"hosted_{ref}_usd"] = cost
+    return out
+
+
+@cost_app.command("purge")
+def purge(
+    before: Annotated[str, typer.Option(help="Delete rows older than this (30d or a date).")],
+    config: ConfigOption = None,
+) -> None:
+    """Delete ledger rows older than a time."""
+    settings = _settings(config)
+    cutoff = parse_time(before, time.time())
+    db = _database(settings)
+
+    async def run() -> int:
+        try:
+            return await purge_rows(db, cutoff)
+        finally:
+            await db.close()
+
+    typer.echo(f"purged {asyncio.run(run())} rows")
+
+
+@cost_app.command("project")
+def project(
+    monthly_tokens: Annotated[float, typer.Option(min=1, help="Tokens served a month.")],
+    tokens_per_request: Annotated[
+        float | None, typer.Option(min=1, help="Tokens of one request (cost per request).")
+    ] = None,
+    output_share: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of the tokens that are completion.")
+    ] = 0.5,
+    config: ConfigOption = None,
+) -> None:
+    """Monthly cost here (the configured hardware) and at each hosted reference, break-even."""
+    settings = _settings(config)
+    hardware = _hardware(settings)
+    prices = PriceTable([HostedPrice(**h.model_dump()) for h in settings.cost.hosted])
+    result = projection(hardware, prices, monthly_tokens, output_share, tokens_per_request)
+    typer.echo(json.dumps(result, indent=2))
+
+
+def projection(
+    hardware: HardwareCost,
+    prices: PriceTable,
+    monthly_tokens: float,
+    output_share: float,
+    tokens_per_request: float | None = None,
+) -> dict[str, Any]:
+    """A month at a stated volume: local cost (the hardware, whatever the volume) against each
+    hosted reference's list price for those tokens, the break-even volume and cost/request."""
+    local = hardware.per_hour * HOURS_PER_MONTH if hardware.per_hour > 0 else None
+    today = datetime.now(UTC).date()
+    out: dict[str, Any] = {"monthly_tokens": monthly_tokens, "local_monthly_usd": local}
+    references = {}
+    for price in prices.on(today):
+        prompt = monthly_tokens * (1 - output_share)
+        hosted = price.cost(round(prompt), round(monthly_tokens - prompt))
+        per_token = hosted / monthly_tokens
+        entry: dict[str, Any] = {
+            "price_version": price.version,
+            "hosted_monthly_usd": hosted,
+            "savings_monthly_usd": None if local is None else hosted - local,
+            "break_even_tokens_per_month": None if local is None else local / per_token,
+        }
+        if tokens_per_request:
+            requests = monthly_tokens / tokens_per_request
+            entry["hosted_per_request_usd"] = hosted / requests
+            entry["local_per_request_usd"] = None if local is None else local / requests
+        references[price.name] = entry
+    out["references"] = references
+    return out
