@@ -165,6 +165,18 @@ def test_cost_comparison_adds_up_the_ledger(sqlite_service: Service) -> None:
     assert after["models"][MODEL]["requests"] == o_after["requests"]
 
 
+def test_an_answer_costs_its_tokens_at_the_rolling_rate(sqlite_service: Service) -> None:
+    with httpx2.Client(base_url=sqlite_service.base_url, timeout=60) as http:
+        for _ in range(2):
+            r = http.post(CHAT, json=chat(temperature=0.7))
+    info = r.json()["cost_info"]
+    assert info["local_cost_basis"] == "rolling_rate"
+    # $0.50 an hour over the tokens served so far: a real, positive cost.
+    assert info["local_cost_usd"] > 0
+    hosted = info["hosted_cost_usd"]["gpt-4o-mini"]
+    assert info["savings_usd"]["gpt-4o-mini"] == pytest.approx(hosted - info["local_cost_usd"])
+
+
 @pytest.mark.parametrize(
     ("params", "param"),
     [

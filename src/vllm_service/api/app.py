@@ -65,6 +65,8 @@ def create_app(
     app.state.tracer = manager.tracer = tracer
     app.state.manager = manager
     app.state.ledger = ledger
+    app.state.prices = price_table(settings)
+    app.state.response_cost_info = settings.cost.response_cost_info
     app.state.server_config = settings.server
     app.state.connection_guard = ConnectionGuard(
         header_timeout=settings.server.header_timeout,

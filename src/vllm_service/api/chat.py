@@ -34,6 +34,8 @@ from vllm_service.api.serving import (
     Started,
     check_common,
     collect,
+    cost_header,
+    cost_info,
     json_response,
     new_id,
     resolve_model,
@@ -104,7 +106,7 @@ async def create_chat_completion(
     created = int(time.time())
     if body.stream:
         return EventSourceResponse(
-            _stream(body, started, request_id, created),
+            _stream(request, body, started, request_id, created),
             headers={**SSE_HEADERS, **started.headers},
         )
     collected = await collect(request, started, [""] * body.n)
@@ -125,12 +127,18 @@ async def create_chat_completion(
         choices=choices,
         usage=usage_info(started.usage),
         system_fingerprint=SYSTEM_FINGERPRINT,
+        cost_info=cost_info(request, started.usage),
     )
+    cost_header(answer.cost_info, started.headers)
     return json_response(answer, started.headers)
 
 
 async def _stream(
-    body: ChatCompletionRequest, started: Started, request_id: str, created: int
+    request: Request,
+    body: ChatCompletionRequest,
+    started: Started,
+    request_id: str,
+    created: int,
 ) -> AsyncIterator[bytes]:
     chunks = ChatChunks(request_id, created, body.model, body.include_usage)
     # Events ready together leave in one write (see Pending): the role chunks go with the
@@ -151,5 +159,7 @@ async def _stream(
         pending.add(stream_error(exc))
         yield pending.take()
         return
-    usage = chunks.usage(usage_info(started.usage)) if body.include_usage else None
+    usage = None
+    if body.include_usage:
+        usage = chunks.usage(usage_info(started.usage), cost_info(request, started.usage))
     yield stream_end(pending, started, usage)

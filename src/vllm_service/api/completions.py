@@ -27,6 +27,8 @@ from vllm_service.api.serving import (
     Started,
     check_common,
     collect,
+    cost_header,
+    cost_info,
     json_response,
     new_id,
     resolve_model,
@@ -119,7 +121,7 @@ async def create_completion(
     echo = [str(prompts[k // body.n]) if body.echo else "" for k in range(len(requests))]
     if body.stream:
         return EventSourceResponse(
-            _stream(body, started, request_id, created, echo),
+            _stream(request, body, started, request_id, created, echo),
             headers={**SSE_HEADERS, **started.headers},
         )
     collected = await collect(request, started, list(echo))
@@ -145,12 +147,19 @@ async def create_completion(
         choices=choices,
         usage=usage_info(started.usage),
         system_fingerprint=SYSTEM_FINGERPRINT,
+        cost_info=cost_info(request, started.usage),
     )
+    cost_header(answer.cost_info, started.headers)
     return json_response(answer, started.headers)
 
 
 async def _stream(
-    body: CompletionRequest, started: Started, request_id: str, created: int, echo: list[str]
+    request: Request,
+    body: CompletionRequest,
+    started: Started,
+    request_id: str,
+    created: int,
+    echo: list[str],
 ) -> AsyncIterator[bytes]:
     chunks = CompletionChunks(request_id, created, body.model, body.include_usage)
     offsets = [len(e) for e in echo]
@@ -179,5 +188,7 @@ async def _stream(
         pending.add(stream_error(exc))
         yield pending.take()
         return
-    usage = chunks.usage(usage_info(started.usage)) if body.include_usage else None
+    usage = None
+    if body.include_usage:
+        usage = chunks.usage(usage_info(started.usage), cost_info(request, started.usage))
     yield stream_end(pending, started, usage)

@@ -23,6 +23,7 @@ from vllm_service.api.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionResponse,
+    CostInfo,
     FinishReasonOut,
     TokenLogprobOut,
     TopLogprobOut,
@@ -117,9 +118,11 @@ class ChatChunks:
         choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason(reason))
         return self._frame.event(choice)
 
-    def usage(self, usage: UsageInfo) -> bytes:
-        """The last chunk when the client asked for usage: no choices, the whole usage."""
-        return sse(self._empty.model_copy(update={"usage": usage}).model_dump_json())
+    def usage(self, usage: UsageInfo, cost: CostInfo | None = None) -> bytes:
+        """The last chunk when the client asked for usage: no choices, the whole usage (and
+        the answer's cost)."""
+        chunk = self._empty.model_copy(update={"usage": usage, "cost_info": cost})
+        return sse(chunk.model_dump_json())
 
 
 class CompletionChunks:
@@ -150,8 +153,9 @@ class CompletionChunks:
         )
         return self._frame.event(choice)
 
-    def usage(self, usage: UsageInfo) -> bytes:
-        return sse(self._empty.model_copy(update={"usage": usage}).model_dump_json())
+    def usage(self, usage: UsageInfo, cost: CostInfo | None = None) -> bytes:
+        chunk = self._empty.model_copy(update={"usage": usage, "cost_info": cost})
+        return sse(chunk.model_dump_json())
 
 
 def chat_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> ChoiceLogprobs:

@@ -47,6 +47,11 @@ def check_text(value: str) -> str:
     return value
 
 
+def _unset(value: object) -> bool:
+    """Response fields left out when empty, as OpenAI leaves them out."""
+    return value is None
+
+
 class OpenAIBaseModel(BaseModel):
     """Base of request schemas: unknown fields are accepted and ignored, as OpenAI clients
     send newer parameters freely (logged at debug level); known-but-unsupported ones are
@@ -282,6 +287,17 @@ class UsageInfo(BaseModel):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
+class CostInfo(BaseModel):
+    """Extension: what this answer cost here (at the current rolling rate; the ledger's period
+    apportionment is final) and at each hosted reference, with the savings."""
+
+    tokens: int
+    local_cost_usd: float | None = Field(description="null: no hardware cost is configured.")
+    local_cost_basis: Literal["rolling_rate"] = "rolling_rate"
+    hosted_cost_usd: dict[str, float]
+    savings_usd: dict[str, float | None]
+
+
 class TopLogprobOut(BaseModel):
     token: str
     logprob: float
@@ -324,10 +340,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: UsageInfo
     system_fingerprint: str | None = None
-
-
-def _unset(value: object) -> bool:
-    return value is None
+    cost_info: CostInfo | None = Field(default=None, exclude_if=_unset)
 
 
 class ChatDelta(BaseModel):
@@ -351,6 +364,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
     usage: UsageInfo | None = None
     system_fingerprint: str | None = None
+    cost_info: CostInfo | None = Field(default=None, exclude_if=_unset)
 
 
 class CompletionLogprobs(BaseModel):
@@ -375,14 +389,4 @@ class CompletionResponse(BaseModel):
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
     system_fingerprint: str | None = None
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
+    cost_info: CostInfo | None = Field(default=None, exclude_if=_unset)

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,13 +16,15 @@ from fastapi.responses import Response
 from opentelemetry import trace
 from pydantic import BaseModel
 
+from vllm_service.accounting.cost import PriceTable
+from vllm_service.accounting.ledger import Ledger
 from vllm_service.accounting.usage import UsageTally
 from vllm_service.api.choices import ChoiceStreams
 from vllm_service.api.disconnect import until_disconnected
 from vllm_service.api.encoders import DONE, Pending
 from vllm_service.api.errors import APIError, InvalidRequest, ModelNotFound
 from vllm_service.api.observe import record_of
-from vllm_service.api.protocol import PromptTokensDetails, SamplingFields, UsageInfo
+from vllm_service.api.protocol import CostInfo, PromptTokensDetails, SamplingFields, UsageInfo
 from vllm_service.api.timing import ServerTiming, wants_timing
 from vllm_service.config import ServerConfig
 from vllm_service.engine import GenerationRequest, SamplingParams, TokenDelta
@@ -223,6 +226,40 @@ def stream_end(pending: Pending, started: Started, usage: bytes | None) -> bytes
         pending.add(f": server-timing {started.timing.value()}\n\n".encode())
     pending.add(DONE)
     return pending.take()
+
+
+#: The answer's cost (non-streamed answers; a stream's is in its usage chunk).
+COST_HEADER = "x-vllm-service-cost"
+
+
+def cost_info(request: Request, tally: UsageTally) -> CostInfo | None:
+    """What the answer cost here (at the rolling rate) and at each hosted reference; None
+    when cost.response_cost_info is off."""
+    if not request.app.state.response_cost_info:
+        return None
+    prices: PriceTable = request.app.state.prices
+    ledger: Ledger | None = request.app.state.ledger
+    tokens = tally.prompt_tokens + tally.completion_tokens
+    local = ledger.local_cost(tokens) if ledger is not None else None
+    today = datetime.now(UTC).date()
+    hosted = {
+        p.name: p.cost(tally.prompt_tokens, tally.completion_tokens) for p in prices.on(today)
+    }
+    return CostInfo(
+        tokens=tokens,
+        local_cost_usd=local,
+        hosted_cost_usd=hosted,
+        savings_usd={ref: None if local is None else cost - local for ref, cost in hosted.items()},
+    )
+
+
+def cost_header(info: CostInfo | None, headers: dict[str, str]) -> None:
+    """The answer's cost as a header: local=<usd or unknown>, then <reference>=<usd>."""
+    if info is None:
+        return
+    local = "unknown" if info.local_cost_usd is None else f"{info.local_cost_usd:.8f}"
+    parts = [f"local={local}", *(f"{ref}={usd:.8f}" for ref, usd in info.hosted_cost_usd.items())]
+    headers[COST_HEADER] = ", ".join(parts)
 
 
 def usage_info(tally: UsageTally) -> UsageInfo:

@@ -219,6 +219,11 @@ class CostConfig(_Strict):
         description="The hosted references, the first one the metrics' (one mapping loads too).",
     )
     hardware: HardwareCostConfig = Field(default_factory=HardwareCostConfig)
+    response_cost_info: bool = Field(
+        default=True,
+        description="Answers carry cost_info (body, the last usage chunk of a stream) and an "
+        "x-vllm-service-cost header: tokens, local and hosted-equivalent cost, savings.",
+    )
 
     @field_validator("hosted", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import httpx2
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes import FakeEngines, answer
@@ -127,3 +128,32 @@ def test_a_failure_mid_stream_ends_it_with_an_error_event() -> None:
     error = json.loads(data[-1])["error"]
     assert "boom" in error["message"]
     assert "[DONE]" not in data
+
+
+def test_answers_carry_their_cost_unless_configured_off() -> None:
+    app, engines = app_with_fakes()
+    engines.of(MODEL)[0].enqueue(
+        answer("a", "b", prompt_tokens=1000), answer("c", prompt_tokens=10)
+    )
+    r = run(post(app, "/v1/completions", {"model": MODEL, "prompt": "x"}))
+    info = r.json()["cost_info"]
+    # 1000 prompt and 2 completion tokens at $0.15 and $0.60 per million.
+    assert info["hosted_cost_usd"] == {"gpt-4o-mini": pytest.approx(1.5e-4 + 1.2e-6)}
+    assert info["tokens"] == 1002
+    assert info["local_cost_usd"] is None  # no hardware cost configured: unknown, not $0
+    assert info["savings_usd"] == {"gpt-4o-mini": None}
+    assert r.headers["x-vllm-service-cost"].startswith("local=unknown, gpt-4o-mini=0.00015")
+    body = {
+        "model": MODEL,
+        "prompt": "x",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    data = events(run(post(app, "/v1/completions", body)).text)
+    assert json.loads(data[-2])["cost_info"]["tokens"] == 11
+    assert all("cost_info" not in json.loads(d) for d in data[:-2])
+
+    off, engines = app_with_fakes(cost={"response_cost_info": False})
+    r = run(post(off, "/v1/completions", {"model": MODEL, "prompt": "x"}))
+    assert "cost_info" not in r.json()
+    assert "x-vllm-service-cost" not in r.headers
