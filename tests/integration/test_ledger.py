@@ -272,3 +272,57 @@ def test_no_row_is_lost_while_postgresql_is_down(tmp_path: Path, postgres: Postg
 def test_a_broken_ledger_url_stops_the_start_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"ledger\.url"):
         start_service(tmp_path, {"ledger": {"url": "postgresql+asyncpg://nobody@127.0.0.1:1/x"}})
+
+
+def test_32_concurrent_writers_on_postgresql_lose_nothing(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Replicas writing overlapping batches (replays) at once: every row once, none lost."""
+    from vllm_service.accounting.cost import HardwareCost, HostedPrice, PriceTable
+    from vllm_service.accounting.ledger import Ledger, LedgerSettings
+
+    run_id = uuid.uuid4().hex[:8]
+    rows = [
+        {
+            "id": f"{run_id}{i:08d}",
+            "time": time.time(),
+            "request_id": f"{run_id}-{i}",
+            "route": CHAT,
+            "model": MODEL,
+            "status": 200,
+            "stream": False,
+            "fallback": False,
+            "choices": 1,
+            "prompt_tokens": 3,
+            "completion_tokens": 2,
+            "cached_tokens": 0,
+            "usage_estimated": False,
+            "hosted": {"gpt-4o-mini": ["gpt-4o-mini@2024-07-18", 1e-6]},
+        }
+        for i in range(3200)
+    ]
+
+    async def scenario() -> list[int]:
+        writers = []
+        for w in range(32):
+            settings = LedgerSettings(
+                url=postgres.url, journal_dir=tmp_path / f"j{w}", batch_rows=50
+            )
+            writers.append(Ledger(settings, PriceTable([HostedPrice()]), HardwareCost()))
+        await writers[0].db.upgrade()
+        # Each writer commits its own share and, reversed, its neighbour's (a replay).
+        shares = [rows[w * 100 : (w + 1) * 100] for w in range(32)]
+        await asyncio.gather(
+            *(
+                writer._commit(shares[w] + list(reversed(shares[(w + 1) % 32])))
+                for w, writer in enumerate(writers)
+            )
+        )
+        for writer in writers:
+            await writer.db.close()
+        return [writer.committed for writer in writers]
+
+    committed = asyncio.run(scenario())
+    assert sum(committed) == 2 * len(rows)  # every batch went in (duplicates ignored)
+    found = rows_for(postgres.url, [r["request_id"] for r in rows])
+    assert found == {r["request_id"]: 1 for r in rows}

@@ -16,7 +16,8 @@ HOURS_PER_MONTH = 730.0
 
 @dataclass(frozen=True, slots=True)
 class HardwareCost:
-    """What one machine (or GPU node) costs to run."""
+    """What running the service costs: one machine (or GPU node), and the monthly lines of
+    running it (monitoring and operations, development time)."""
 
     #: Rented: the price of one hour. Owned: leave at 0 and give the purchase price instead.
     hourly: float = 0.0
@@ -24,12 +25,23 @@ class HardwareCost:
     amortize_months: float = 36.0
     power_watts: float = 0.0
     kwh_price: float = 0.15
+    #: Monitoring and operations, $ a month (0: not counted).
+    ops_monthly: float = 0.0
+    #: Development and maintenance time, $ a month (0: not counted).
+    development_monthly: float = 0.0
 
     @property
-    def per_hour(self) -> float:
+    def infrastructure_per_hour(self) -> float:
+        """The machine: rent, or purchase price amortized, plus the power it draws."""
         owned = self.purchase_price / (self.amortize_months * HOURS_PER_MONTH)
         power = self.power_watts / 1000.0 * self.kwh_price
         return self.hourly + owned + power
+
+    @property
+    def per_hour(self) -> float:
+        """Fully loaded: the machine plus the monthly lines, per hour."""
+        monthly = self.ops_monthly + self.development_monthly
+        return self.infrastructure_per_hour + monthly / HOURS_PER_MONTH
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,14 +105,23 @@ class CostReport:
         }
 
     def tco_monthly(self) -> dict[str, dict[str, float | None]]:
-        """The monthly cost of ownership, line by line, here and at the first reference."""
-        local = self.hardware.per_hour * HOURS_PER_MONTH if self.hardware.per_hour > 0 else None
+        """The monthly cost of ownership line by line, here and at each hosted reference (its
+        list price for this period's tokens, projected to a month)."""
+        hw = self.hardware
+        known = hw.per_hour > 0
         hosted = self.projection()["monthly_hosted_usd"]
-        first = next(iter(hosted.values()), 0.0)
+
+        def line(local: float) -> dict[str, float | None]:
+            return {"local": local if known else None, **dict.fromkeys(hosted, 0.0)}
+
+        processing: dict[str, float | None] = {"local": 0.0 if known else None, **hosted}
+        total = {"local": hw.per_hour * HOURS_PER_MONTH if known else None, **hosted}
         return {
-            "infrastructure": {"local": local, "hosted": 0.0},
-            "token_processing": {"local": 0.0 if local is not None else None, "hosted": first},
-            "total": {"local": local, "hosted": first},
+            "infrastructure": line(hw.infrastructure_per_hour * HOURS_PER_MONTH),
+            "monitoring_ops": line(hw.ops_monthly),
+            "development_time": line(hw.development_monthly),
+            "token_processing": processing,
+            "total": total,
         }
 
     def break_even(self) -> dict[str, float | None]:

@@ -208,6 +208,14 @@ class HardwareCostConfig(_Strict):
     kwh_price: float = Field(
         default=_HARDWARE.kwh_price, ge=0, description="Electricity, $ per kWh."
     )
+    ops_monthly: float = Field(
+        default=_HARDWARE.ops_monthly, ge=0, description="Monitoring and operations, $/month."
+    )
+    development_monthly: float = Field(
+        default=_HARDWARE.development_monthly,
+        ge=0,
+        description="Development and maintenance time, $/month.",
+    )
 
 
 class CostConfig(_Strict):
