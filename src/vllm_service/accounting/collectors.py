@@ -6,7 +6,9 @@ engine/base.py's SchedulerStats), so renaming a field is a type error, not a met
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -14,6 +16,9 @@ from prometheus_client.registry import Collector
 from vllm_service.accounting.ledger import Ledger
 from vllm_service.accounting.stats import BREAKER_STATES, CacheStats, DeploymentStats
 from vllm_service.engine.base import SchedulerStats
+
+if TYPE_CHECKING:
+    from vllm_service.accounting.metrics import Metrics
 
 Read = Callable[[SchedulerStats], int | float]
 
@@ -206,3 +211,34 @@ class LedgerCollector(Collector):
             "Bytes of ledger rows waiting in the journal for the database.",
             value=journal.bytes if journal is not None else 0,
         )
+
+
+class SavingsCollector(Collector):
+    """Savings and return on investment per hosted reference, since this process started."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.metrics
+        hours = m.hours()
+        hardware = m.hardware.per_hour * hours
+        savings = GaugeMetricFamily(
+            "vllm_cost_savings_by_reference_usd",
+            "Since this process started, per hosted reference: its price for the tokens "
+            "answered minus the hardware's (fully loaded) cost over the time.",
+            labels=["reference"],
+        )
+        roi = GaugeMetricFamily(
+            "vllm_cost_roi_annual",
+            "Per hosted reference: savings at this process's rate, annualized, over the "
+            "hardware's purchase price; NaN when not owned (no purchase price) or no time yet.",
+            labels=["reference"],
+        )
+        price = m.hardware.purchase_price
+        for ref, hosted in m.hosted_by_reference.items():
+            saved = hosted - hardware
+            savings.add_metric([ref], saved)
+            yearly = saved * 24 * 365 / hours if hours > 0 else math.nan
+            roi.add_metric([ref], yearly / price if price > 0 else math.nan)
+        yield from (savings, roi)

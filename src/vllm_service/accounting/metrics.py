@@ -11,7 +11,12 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from vllm_service.accounting.collectors import CacheCollector, DeploymentCollector, LedgerCollector
+from vllm_service.accounting.collectors import (
+    CacheCollector,
+    DeploymentCollector,
+    LedgerCollector,
+    SavingsCollector,
+)
 from vllm_service.accounting.cost import HardwareCost, HostedPrice
 from vllm_service.accounting.ledger import Ledger
 from vllm_service.accounting.request_log import RequestRecord
@@ -35,11 +40,16 @@ class Metrics:
         cache: Callable[[], CacheStats] | None = None,
         ledger: Ledger | None = None,
         hosted: HostedPrice | None = None,
+        references: list[HostedPrice] | None = None,
         hardware: HardwareCost | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.latency_target = latency_target
         self.hosted = hosted or HostedPrice()
+        #: Every hosted reference at its current price; the first is ``hosted``.
+        self.references = references or [self.hosted]
+        #: Hosted-equivalent dollars of what was answered, per reference, since start.
+        self.hosted_by_reference = dict.fromkeys((p.name for p in self.references), 0.0)
         self.hardware = hardware or HardwareCost()
         self._started = clock()
         self._clock = clock
@@ -63,6 +73,7 @@ class Metrics:
             r.register(CacheCollector(cache))
         if ledger is not None:
             r.register(LedgerCollector(ledger))
+        r.register(SavingsCollector(self))
 
     def _token_metrics(self, r: CollectorRegistry) -> None:
         self.latency_target_met = Counter(
@@ -148,6 +159,10 @@ class Metrics:
             registry=r,
         ).set_function(self.savings)
 
+    def hours(self) -> float:
+        """Hours since this process started."""
+        return (self._clock() - self._started) / 3600.0
+
     def savings(self) -> float:
         """Hosted-equivalent cost of what was answered, minus the hardware's cost so far."""
         hosted = sum(
@@ -175,6 +190,9 @@ class Metrics:
         if rec.device is not None and rec.cache != "hit":
             self.device_requests.labels(rec.device).inc()
         if rec.status < 400:
+            for price in self.references:
+                cost = price.cost(rec.prompt_tokens, rec.completion_tokens)
+                self.hosted_by_reference[price.name] += cost
             self.hosted_cost.labels(model).inc(
                 self.hosted.cost(rec.prompt_tokens, rec.completion_tokens)
             )

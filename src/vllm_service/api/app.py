@@ -173,13 +173,15 @@ def _observe(
 ) -> None:
     """Metrics, the latency window, and (unless observability is off) the middleware that
     feeds them every request."""
-    obs, prices = settings.observability, settings.cost
+    obs = settings.observability
+    prices = price_table(settings).on(datetime.now(UTC).date())
     app.state.metrics = metrics = Metrics(
         latency_target=obs.latency_target_ms / 1e3,
         cache=cache.stats if cache is not None else None,
         ledger=ledger,
-        hosted=price_table(settings).on(datetime.now(UTC).date())[0],
-        hardware=HardwareCost(**prices.hardware.model_dump()),
+        hosted=prices[0],
+        references=prices,
+        hardware=HardwareCost(**settings.cost.hardware.model_dump()),
     )
     app.state.latency = latency = LatencyWindow(
         window_seconds=obs.latency_window_seconds,
