@@ -99,6 +99,22 @@ def compare_costs(
     )
 
 
+#: A starting table of hosted list prices ($ per 1M input / output tokens), each with the day
+#: it took effect, as OpenAI published them. Prices change: check the provider's page, and add
+#: an entry with a later effective_from (cost.hosted) rather than editing one in place.
+KNOWN_PRICES: dict[str, HostedPrice] = {
+    p.name: p
+    for p in (
+        HostedPrice("gpt-4o-mini", 0.15, 0.60, date(2024, 7, 18)),
+        HostedPrice("gpt-4o", 2.50, 10.00, date(2024, 8, 6)),
+        HostedPrice("gpt-4.1", 2.00, 8.00, date(2025, 4, 14)),
+        HostedPrice("gpt-4.1-mini", 0.40, 1.60, date(2025, 4, 14)),
+        HostedPrice("gpt-4.1-nano", 0.10, 0.40, date(2025, 4, 14)),
+        HostedPrice("gpt-3.5-turbo", 0.50, 1.50, date(2024, 1, 25)),
+    )
+}
+
+
 class PriceTable:
     """The hosted references' prices, each with its history (one entry per effective date)."""
 

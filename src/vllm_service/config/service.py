@@ -7,9 +7,9 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from vllm_service.accounting.cost import HardwareCost, HostedPrice
+from vllm_service.accounting.cost import KNOWN_PRICES, HardwareCost, HostedPrice
 from vllm_service.config.models import _Strict
 
 DEFAULT_HOST = "127.0.0.1"
@@ -176,20 +176,37 @@ _HOSTED, _HARDWARE = HostedPrice(), HardwareCost()
 
 
 class HostedPriceConfig(_Strict):
-    """A hosted API this service replaces, at its list price from a date on."""
+    """A hosted API this service replaces, at its list price from a date on. A name from the
+    starting table (accounting/cost.py KNOWN_PRICES) may leave its prices and date out."""
 
     name: str = Field(default=_HOSTED.name, description="Shown in metrics and reports.")
-    effective_from: date = Field(
-        default=_HOSTED.effective_from,
+    effective_from: date | None = Field(
+        default=None,
         description="The day this price took effect. A new price is a new entry with the same "
         "name and a later date: the ledger keeps which one each request was costed at.",
     )
-    input_per_million: float = Field(
-        default=_HOSTED.input_per_million, ge=0, description="$ per 1M prompt tokens."
+    input_per_million: float | None = Field(default=None, ge=0, description="$ per 1M prompt.")
+    output_per_million: float | None = Field(
+        default=None, ge=0, description="$ per 1M completion tokens."
     )
-    output_per_million: float = Field(
-        default=_HOSTED.output_per_million, ge=0, description="$ per 1M completion tokens."
-    )
+
+    @model_validator(mode="after")
+    def _from_the_table(self) -> HostedPriceConfig:
+        known = KNOWN_PRICES.get(self.name)
+        if self.input_per_million is None or self.output_per_million is None:
+            if known is None:
+                names = ", ".join(KNOWN_PRICES)
+                raise ValueError(
+                    f"give input_per_million and output_per_million for {self.name!r} "
+                    f"(prices known without them: {names})"
+                )
+            if self.input_per_million is None:
+                self.input_per_million = known.input_per_million
+            if self.output_per_million is None:
+                self.output_per_million = known.output_per_million
+        if self.effective_from is None:
+            self.effective_from = known.effective_from if known else _HOSTED.effective_from
+        return self
 
 
 class HardwareCostConfig(_Strict):

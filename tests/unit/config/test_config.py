@@ -167,3 +167,21 @@ def test_command_line_options_keep_every_other_section_of_the_file() -> None:
     assert applied.server.port == 9999
     assert applied.observability.latency_target_ms == 123
     assert (applied.cache.ttl, applied.cache.backend) == (5, "redis")
+
+
+def test_hosted_prices_come_from_the_table_or_must_be_given() -> None:
+    from datetime import date
+
+    from vllm_service.config import ConfigError, load_settings
+
+    settings = load_settings(None, cost={"hosted": [{"name": "gpt-4o"}, {"name": "gpt-4o-mini"}]})
+    first = settings.cost.hosted[0]
+    assert (first.input_per_million, first.output_per_million) == (2.5, 10.0)
+    assert first.effective_from == date(2024, 8, 6)
+    # One mapping (the old format) still loads.
+    one = load_settings(
+        None, cost={"hosted": {"name": "x", "input_per_million": 1, "output_per_million": 2}}
+    )
+    assert [h.name for h in one.cost.hosted] == ["x"]
+    with pytest.raises(ConfigError, match="give input_per_million"):
+        load_settings(None, cost={"hosted": [{"name": "unknown-model"}]})
