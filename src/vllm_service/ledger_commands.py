@@ -87,8 +87,8 @@ async def _reports(
     db: Database, hardware: HardwareCost, since: float, until: float, by: str
 ) -> list[tuple[str, CostReport]]:
     try:
-        if by == "model":
-            return [("all", await cost_report(db, hardware, since=since, until=until))]
+        if by in ("model", "key"):
+            return [("all", await cost_report(db, hardware, since=since, until=until, by=by))]
         day = 86400.0
         start = since - since % day
         out = []
@@ -105,13 +105,16 @@ async def _reports(
 @cost_app.command("report")
 def report(
     since: Annotated[str, typer.Option(help="30d, 12h, or an ISO date.")] = "30d",
-    by: Annotated[str, typer.Option(help="model or day.")] = "model",
+    by: Annotated[str, typer.Option(help="model, day or key (API key id).")] = "model",
     output: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw local and hosted cost per group (PNG).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Requests, tokens, local and hosted-equivalent cost from the ledger."""
-    if by not in ("model", "day"):
-        raise typer.BadParameter("--by must be model or day")
+    if by not in ("model", "day", "key"):
+        raise typer.BadParameter("--by must be model, day or key")
     if output not in ("table", "json", "csv"):
         raise typer.BadParameter("--format must be table, json or csv")
     settings = _settings(config)
@@ -121,12 +124,12 @@ def report(
     )
     rows = []
     for label, rep in reports:
-        groups = rep.models.items() if by == "model" else [(label, rep.overall)]
+        groups = rep.models.items() if by != "day" else [(label, rep.overall)]
         for name, totals in groups:
             body = totals.as_dict()
             rows.append({"group": name, **{k: body[k] for k in _COLUMNS[1:4]}, **_costs(body)})
     if output == "json":
-        extra = reports[0][1].as_dict() if by == "model" else {}
+        extra = reports[0][1].as_dict() if by != "day" else {}
         typer.echo(json.dumps({"since": since, "by": by, "rows": rows, **extra}, indent=2))
     elif output == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else _COLUMNS)
@@ -135,6 +138,34 @@ def report(
     else:
         for row in rows:
             typer.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+    if plot is not None:
+        draw(rows, plot)
+
+
+def draw(rows: list[dict[str, Any]], path: Path) -> None:
+    """Local and hosted-equivalent cost per group, as bars."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise typer.BadParameter(
+            "--plot needs matplotlib: pip install 'vllm-service[bench]'"
+        ) from exc
+    series = [k for k in (rows[0] if rows else {}) if k.endswith("_usd")]
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.6), 4))
+    width = 0.8 / max(1, len(series))
+    for i, key in enumerate(series):
+        values = [row.get(key) or 0.0 for row in rows]
+        ax.bar([x + i * width for x in range(len(rows))], values, width, label=key)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))])
+    ax.set_xticklabels([str(row["group"]) for row in rows], rotation=45, ha="right")
+    ax.set_ylabel("USD")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    typer.echo(f"plot: {path}")
 
 
 _COLUMNS = ["group", "requests", "prompt_tokens", "completion_tokens"]

@@ -326,3 +326,46 @@ def test_32_concurrent_writers_on_postgresql_lose_nothing(
     assert sum(committed) == 2 * len(rows)  # every batch went in (duplicates ignored)
     found = rows_for(postgres.url, [r["request_id"] for r in rows])
     assert found == {r["request_id"]: 1 for r in rows}
+
+
+def test_cost_report_counts_exactly_the_answered_requests(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from tests.conftest import service_command
+
+    # The writer would wait 30 s: the rows reach the database through the flush at SIGTERM.
+    config = {"ledger": {"hash_users": True, "flush_interval": 30}}
+    svc = start_service(tmp_path, config)
+    answered = 7
+    with httpx2.Client(base_url=svc.base_url, timeout=60) as http:
+        for i in range(answered):
+            r = http.post(CHAT, json=chat(user=f"user-{i % 2}", temperature=0.5))
+            assert r.status_code == 200
+    svc.stop()  # SIGTERM: the journal is flushed before the process exits
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+    env = {k: v for k, v in env.items() if not k.startswith("VLLM_SERVICE_")}
+    report = subprocess.run(
+        [*service_command(), "cost", "report", "--since", "1h", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    body = json.loads(report.stdout)
+    assert body["overall"]["requests"] == answered
+    assert [row["requests"] for row in body["rows"]] == [answered]
+    # Users were stored hashed: two distinct users, neither in clear text.
+    users = asyncio.run(_users(sqlite_url(tmp_path)))
+    assert len(users) == 2
+    assert not {"user-0", "user-1"} & users
+
+
+async def _users(url: str) -> set[str]:
+    db = Database(url)
+    try:
+        async with db.engine.connect() as conn:
+            return {u for (u,) in (await conn.execute(select(ledger.c.user).distinct())).all()}
+    finally:
+        await db.close()

@@ -147,15 +147,22 @@ class CostReport:
 
 
 async def cost_report(
-    db: Database, hardware: HardwareCost, *, since: float, until: float, model: str | None = None
+    db: Database,
+    hardware: HardwareCost,
+    *,
+    since: float,
+    until: float,
+    model: str | None = None,
+    by: str = "model",
 ) -> CostReport:
-    """Read the ledger over [since, until)."""
+    """Read the ledger over [since, until), grouped by model or by API key (``by``)."""
     where = [ledger.c.time >= since, ledger.c.time < until]
     if model is not None:
         where.append(ledger.c.model == model)
+    group = ledger.c.key_id if by == "key" else ledger.c.model
     totals = (
         select(
-            ledger.c.model,
+            group,
             func.count(),
             func.sum(case((ledger.c.status >= 400, 1), else_=0)),
             func.sum(case((ledger.c.cache == "hit", 1), else_=0)),
@@ -165,13 +172,13 @@ async def cost_report(
             func.min(ledger.c.time),
         )
         .where(*where)
-        .group_by(ledger.c.model)
+        .group_by(group)
     )
     hosted = (
-        select(ledger.c.model, ledger_costs.c.reference, func.sum(ledger_costs.c.cost_usd))
+        select(group, ledger_costs.c.reference, func.sum(ledger_costs.c.cost_usd))
         .join(ledger_costs, ledger_costs.c.ledger_id == ledger.c.id)
         .where(*where)
-        .group_by(ledger.c.model, ledger_costs.c.reference)
+        .group_by(group, ledger_costs.c.reference)
     )
     async with db.engine.connect() as conn:
         rows = (await conn.execute(totals)).all()
