@@ -16,7 +16,6 @@ from vllm_service.api.encoders import (
     Pending,
     chat_logprobs,
     finish_reason,
-    stream_error,
 )
 from vllm_service.api.errors import InvalidRequest
 from vllm_service.api.protocol import (
@@ -42,6 +41,7 @@ from vllm_service.api.serving import (
     sampling,
     start,
     stream_end,
+    stream_failed,
     usage_info,
 )
 from vllm_service.engine import GenerationRequest
@@ -156,7 +156,7 @@ async def _stream(
             elif pending:
                 yield pending.take()
     except Exception as exc:
-        pending.add(stream_error(exc))
+        pending.add(stream_failed(request, exc))
         yield pending.take()
         return
     usage = None

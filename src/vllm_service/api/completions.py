@@ -15,7 +15,6 @@ from vllm_service.api.encoders import (
     Pending,
     completion_logprobs,
     finish_reason,
-    stream_error,
 )
 from vllm_service.api.errors import InvalidRequest
 from vllm_service.api.protocol import CompletionChoice, CompletionRequest, CompletionResponse
@@ -35,6 +34,7 @@ from vllm_service.api.serving import (
     sampling,
     start,
     stream_end,
+    stream_failed,
     usage_info,
 )
 from vllm_service.config import ServerConfig
@@ -185,7 +185,7 @@ async def _stream(
             if delta.finish_reason is None:
                 yield pending.take()
     except Exception as exc:
-        pending.add(stream_error(exc))
+        pending.add(stream_failed(request, exc))
         yield pending.take()
         return
     usage = None

@@ -44,12 +44,17 @@ def sse(data: str | bytes) -> bytes:
     return b"data: " + (data.encode() if isinstance(data, str) else data) + b"\n\n"
 
 
-def stream_error(exc: BaseException) -> bytes:
-    """The SSE event of an error that ended a stream after it started."""
+def stream_failure(exc: BaseException) -> APIError:
+    """What to tell the client of an error that ended a stream after it started."""
     api = from_engine_error(exc) if isinstance(exc, EngineError) else None
     if api is None:
         logger.exception("stream failed", exc_info=exc)
         api = APIError(500, "The server had an error while streaming the response.")
+    return api
+
+
+def stream_error(api: APIError) -> bytes:
+    """The SSE event of an error that ended a stream."""
     return sse(json.dumps(error_body(api.message, api.type, api.param, api.code)))
 
 

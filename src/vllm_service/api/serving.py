@@ -21,7 +21,7 @@ from vllm_service.accounting.ledger import Ledger
 from vllm_service.accounting.usage import UsageTally
 from vllm_service.api.choices import ChoiceStreams
 from vllm_service.api.disconnect import until_disconnected
-from vllm_service.api.encoders import DONE, Pending
+from vllm_service.api.encoders import DONE, Pending, stream_error, stream_failure
 from vllm_service.api.errors import APIError, InvalidRequest, ModelNotFound
 from vllm_service.api.observe import record_of
 from vllm_service.api.protocol import CostInfo, PromptTokensDetails, SamplingFields, UsageInfo
@@ -215,6 +215,16 @@ async def start(
         rec.cache = summary.cache
         rec.engine = next((r.engine for r in streams.routes if r.engine is not None), None)
     return Started(streams, summary.headers(), timing)
+
+
+def stream_failed(request: Request, exc: BaseException) -> bytes:
+    """The error event that ends a broken stream; the request's record keeps its type (the
+    status was 200 already)."""
+    api = stream_failure(exc)
+    rec = record_of(request)
+    if rec is not None:
+        rec.error_type = api.type
+    return stream_error(api)
 
 
 def stream_end(pending: Pending, started: Started, usage: bytes | None) -> bytes:
