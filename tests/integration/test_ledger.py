@@ -318,6 +318,16 @@ def test_32_concurrent_writers_on_postgresql_lose_nothing(
                 for w, writer in enumerate(writers)
             )
         )
+        # The report's queries on PostgreSQL (its minute buckets use floor()).
+        from vllm_service.accounting.cost_report import cost_report
+
+        rep = await cost_report(
+            writers[0].db, HardwareCost(hourly=1.0), since=time.time() - 600, until=time.time()
+        )
+        assert rep.overall.requests >= len(rows)
+        assert (
+            rep.peak_tokens_per_hour >= 5 * len(rows) * 60 / 2
+        )  # 3200 rows within a minute or two
         for writer in writers:
             await writer.db.close()
         return [writer.committed for writer in writers]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Integer, case, cast, func, or_, select
 
 from vllm_service.accounting.cost import HOURS_PER_MONTH, HardwareCost
 from vllm_service.storage import Database, ledger, ledger_costs
@@ -68,6 +68,26 @@ class CostReport:
     hardware: HardwareCost
     overall: ModelTotals
     models: dict[str, ModelTotals]
+    #: The most tokens generated in one minute of the period, per hour: the measured capacity
+    #: (0 without traffic). Cache hits are left out: they are not the hardware's work.
+    peak_tokens_per_hour: float = 0.0
+
+    def cost_per_1k(self) -> dict[str, float | None]:
+        """Local $ per 1K tokens: at the period's utilization (what it cost), and marginal at
+        the measured capacity (what a fully busy machine would cost)."""
+        o, per_hour = self.overall, self.hardware.per_hour
+        return {
+            "at_current_utilization": (
+                o.local_cost_usd / o.tokens * 1000
+                if o.local_cost_usd is not None and o.tokens
+                else None
+            ),
+            "at_measured_capacity": (
+                per_hour / self.peak_tokens_per_hour * 1000
+                if per_hour > 0 and self.peak_tokens_per_hour > 0
+                else None
+            ),
+        }
 
     def as_dict(self) -> dict[str, Any]:
         overall = self.overall
@@ -82,6 +102,8 @@ class CostReport:
             "tco_monthly": self.tco_monthly(),
             "break_even_tokens_per_month": self.break_even(),
             "roi_annual": self.roi(),
+            "peak_tokens_per_hour": self.peak_tokens_per_hour,
+            "local_cost_per_1k_usd": self.cost_per_1k(),
         }
         if overall.local_cost_usd is None:
             body["local_cost_unknown"] = UNKNOWN_LOCAL
@@ -204,4 +226,25 @@ async def cost_report(
         for t in models.values():
             share = t.tokens / overall.tokens if overall.tokens else 0.0
             t.local_cost_usd = period_cost * share
-    return CostReport(since, until, covered, hardware, overall, models)
+    peak = await _peak_tokens_per_minute(db, where)
+    return CostReport(since, until, covered, hardware, overall, models, peak * 60.0)
+
+
+async def _peak_tokens_per_minute(db: Database, where: list[Any]) -> float:
+    """The most tokens generated (not replayed from the cache) in one minute."""
+    scaled = ledger.c.time / 60
+    # Whole minutes: floor() on PostgreSQL; SQLite's integer cast truncates (times are > 0).
+    minute = func.floor(scaled) if db.dialect == "postgresql" else cast(scaled, Integer)
+    tokens = func.sum(ledger.c.prompt_tokens + ledger.c.completion_tokens).label("tokens")
+    per_minute = (
+        select(tokens)
+        .where(
+            *where, ledger.c.status < 400, or_(ledger.c.cache.is_(None), ledger.c.cache != "hit")
+        )
+        .group_by(minute)
+        .order_by(tokens.desc())
+        .limit(1)
+    )
+    async with db.engine.connect() as conn:
+        peak = (await conn.execute(per_minute)).scalar()
+    return float(peak or 0)

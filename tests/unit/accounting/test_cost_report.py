@@ -69,6 +69,11 @@ def test_the_period_cost_is_shared_out_over_its_tokens(tmp_path: Path) -> None:
     assert rep.models["small"].local_cost_usd == pytest.approx(2.0 * 100 / 400)
     assert o.hosted_cost_usd == {"api": pytest.approx(0.40)}
     assert o.savings()["api"]["usd"] == pytest.approx(0.40 - 2.0)
+    # The busiest minute served 300 tokens: 18,000 an hour is the measured capacity.
+    assert rep.peak_tokens_per_hour == pytest.approx(18_000)
+    per_1k = rep.cost_per_1k()
+    assert per_1k["at_current_utilization"] == pytest.approx(2.0 / 400 * 1000)
+    assert per_1k["at_measured_capacity"] == pytest.approx(1.0 / 18_000 * 1000)
 
 
 def test_projection_break_even_and_roi(tmp_path: Path) -> None:
