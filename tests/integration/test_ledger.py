@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from tests.conftest import MODEL, Postgres, Service, start_service
+from tests.conftest import MODEL, Postgres, Service, free_port, start_service
 from vllm_service.storage import Database, ledger
 
 CHAT = "/v1/chat/completions"
@@ -379,3 +379,42 @@ async def _users(url: str) -> set[str]:
             return {u for (u,) in (await conn.execute(select(ledger.c.user).distinct())).all()}
     finally:
         await db.close()
+
+
+def test_a_fallback_answer_has_one_row_that_says_so(tmp_path: Path) -> None:
+    dead = {"base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "x"}
+    config = {
+        "models": [
+            {"name": "remote", "options": dead, "fallbacks": [MODEL]},
+            {"name": MODEL},
+        ]
+    }
+    svc = start_service(tmp_path, config)
+    rid = uuid.uuid4().hex
+    try:
+        r = httpx2.post(
+            f"{svc.base_url}{CHAT}",
+            json=chat(model="remote"),
+            headers={"x-request-id": rid},
+            timeout=60,
+        )
+        assert r.status_code == 200
+        assert r.headers["x-vllm-service-fallback"] == "true"
+        url = sqlite_url(tmp_path)
+        assert wait_for_rows(url, [rid]) == {rid: 1}
+
+        async def fallback_of() -> tuple[bool, str]:
+            db = Database(url)
+            try:
+                query = select(ledger.c.fallback, ledger.c.deployment).where(
+                    ledger.c.request_id == rid
+                )
+                async with db.engine.connect() as conn:
+                    fallback, deployment = (await conn.execute(query)).one()
+                return bool(fallback), deployment
+            finally:
+                await db.close()
+
+        assert asyncio.run(fallback_of()) == (True, MODEL)
+    finally:
+        svc.stop()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from vllm_service.accounting.cost_report import cost_report
 from vllm_service.accounting.ledger import Ledger
@@ -17,6 +17,65 @@ from vllm_service.api.responses import ERROR_RESPONSES
 from vllm_service.api.serving import Manager
 
 router = APIRouter(tags=["cost"])
+
+
+class Savings(BaseModel):
+    usd: float | None
+    percent: float | None
+
+
+class Totals(BaseModel):
+    """One model's (or all models') traffic and cost over the period."""
+
+    requests: int
+    errors: int
+    cache_hits: int
+    cache_share: float
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    tokens: int
+    local_cost_usd: float | None = Field(description="null: no hardware cost configured.")
+    hosted_cost_usd: dict[str, float] = Field(description="Per hosted reference.")
+    savings: dict[str, Savings]
+
+
+class Projection(BaseModel):
+    monthly_tokens: float
+    monthly_local_usd: float | None
+    monthly_hosted_usd: dict[str, float]
+    annual_local_usd: float | None
+    annual_hosted_usd: dict[str, float]
+
+
+class CostPer1K(BaseModel):
+    at_current_utilization: float | None
+    at_measured_capacity: float | None
+
+
+class CostComparison(BaseModel):
+    """The ledger over a period: here against each hosted reference (docs/cost.md)."""
+
+    object: Literal["cost_comparison"] = "cost_comparison"
+    period: str | None
+    references: list[str]
+    since: float
+    until: float
+    covered_hours: float
+    hardware_per_hour_usd: float
+    overall: Totals
+    models: dict[str, Totals]
+    projection: Projection
+    tco_monthly: dict[str, dict[str, float | None]] = Field(
+        description="Lines (infrastructure, monitoring_ops, development_time, token_processing, "
+        "total): local and per reference, $ a month."
+    )
+    break_even_tokens_per_month: dict[str, float | None]
+    roi_annual: dict[str, float | None]
+    peak_tokens_per_hour: float
+    local_cost_per_1k_usd: CostPer1K
+    local_cost_unknown: str | None = None
+
 
 #: The named periods, in seconds.
 PERIODS = {"hour": 3600.0, "day": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
@@ -41,6 +100,7 @@ def parse_since(value: str) -> float:
 
 @router.get(
     "/cost-comparison",
+    response_model=CostComparison,
     responses={400: ERROR_RESPONSES[400], 503: ERROR_RESPONSES[503]},
 )
 async def cost_comparison(
@@ -51,7 +111,7 @@ async def cost_comparison(
         str | None, Query(description="Instead of a period: from this time (ISO 8601 or epoch).")
     ] = None,
     model: Annotated[str | None, Query(description="One served model only.")] = None,
-) -> JSONResponse:
+) -> CostComparison:
     """Requests, tokens, local and hosted-equivalent cost, savings, projections, TCO,
     break-even and ROI over a period, per model and overall, from the ledger."""
     ledger: Ledger | None = request.app.state.ledger
@@ -72,10 +132,10 @@ async def cost_comparison(
     if model is not None:
         model = manager.resolve(model).config.name
     report = await cost_report(ledger.db, ledger.hardware, since=start, until=now, model=model)
-    body: dict[str, Any] = {
-        "object": "cost_comparison",
-        "period": (period or "day") if since is None else None,
-        "references": ledger.prices.references,
-        **report.as_dict(),
-    }
-    return JSONResponse(body)
+    return CostComparison.model_validate(
+        {
+            "period": (period or "day") if since is None else None,
+            "references": ledger.prices.references,
+            **report.as_dict(),
+        }
+    )
