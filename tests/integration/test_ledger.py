@@ -272,6 +272,15 @@ def test_no_row_is_lost_while_postgresql_is_down(tmp_path: Path, postgres: Postg
 def test_a_broken_ledger_url_stops_the_start_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"ledger\.url"):
         start_service(tmp_path, {"ledger": {"url": "postgresql+asyncpg://nobody@127.0.0.1:1/x"}})
+    with pytest.raises(RuntimeError, match=r"ledger\.url: not a database URL"):
+        start_service(tmp_path, {"ledger": {"url": "not a url"}})
+
+
+def test_an_unwritable_data_dir_stops_the_start_naming_the_key(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(RuntimeError, match=r"ledger\.data_dir"):
+        start_service(tmp_path, {"ledger": {"data_dir": str(blocker / "data")}})
 
 
 def test_32_concurrent_writers_on_postgresql_lose_nothing(

@@ -113,6 +113,8 @@ def _ledger(settings: Settings) -> Ledger | None:
         return Ledger(ledger_settings, price_table(settings), hardware)
     except DatabaseError as exc:
         raise ConfigError(f"ledger.url: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"ledger.data_dir: {exc}") from None
 
 
 def _lifespan(
@@ -127,6 +129,8 @@ def _lifespan(
                 await ledger.start()
             except DatabaseError as exc:
                 raise ConfigError(f"ledger.url: {exc}") from None
+            except OSError as exc:
+                raise ConfigError(f"ledger.data_dir: {exc}") from None
 
         async def load() -> None:
             await manager.start()
