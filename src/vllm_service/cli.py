@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import ipaddress
 import logging
 import os
 import signal
@@ -101,6 +102,7 @@ def serve(
     except Exception as exc:
         typer.echo(f"error: invalid configuration: {exc}", err=True)
         raise typer.Exit(code=2) from exc
+    _refuse_open_remote(settings)
     # Python's output goes to its own copy of stderr: the engine points descriptor 2 at a file
     # while llama.cpp loads a model (engine/llamacpp/native_log.py). Native crashes print a
     # stack there too, instead of dying without a word.
@@ -148,6 +150,28 @@ def serve(
         raise typer.Exit(code=1)
 
 
+def _refuse_open_remote(settings: Settings) -> None:
+    if not _safe_to_serve(settings):
+        typer.echo(
+            f"error: auth is off (auth.enabled) and {settings.server.host} is not a loopback "
+            "address: anyone who reaches it could use every route. Turn auth on, bind "
+            "127.0.0.1, or set auth.allow_unauthenticated_remote: true.",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+
+
+def _safe_to_serve(settings: Settings) -> bool:
+    """Auth is on, or the host is loopback, or an open remote service was asked for."""
+    auth, host = settings.auth, settings.server.host
+    if auth.enabled or auth.allow_unauthenticated_remote or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
+
+
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -177,10 +201,13 @@ class _DrainingServer(uvicorn.Server):
 
 
 def _ledger_commands() -> None:
+    from vllm_service.auth_commands import audit_app, keys_app
     from vllm_service.ledger_commands import cost_app, db_app
 
     app.add_typer(db_app, name="db")
     app.add_typer(cost_app, name="cost")
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(audit_app, name="audit")
 
 
 _ledger_commands()

@@ -161,7 +161,7 @@ class Ledger:
             "deployment": rec.deployment,
             "engine": rec.engine,
             "device": rec.device,
-            "key_id": None,
+            "key_id": rec.key_id,
             "user": user,
             "status": rec.status,
             "error_type": rec.error_type,

@@ -41,6 +41,8 @@ class RequestRecord:
     device: str | None = None
     #: The engine kind of the deployment that served it (llamacpp, upstream, process).
     engine: str | None = None
+    #: The API key that called (auth on), by its id; never the key.
+    key_id: str | None = None
     #: The request's 'user' field, as the client sent it (the ledger may hash it).
     user: str | None = None
     #: The OpenAI error type of an error answer (invalid_request_error, ...).

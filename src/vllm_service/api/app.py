@@ -7,7 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
@@ -22,9 +23,11 @@ from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import configure_request_log
 from vllm_service.accounting.tracing import TRACER_NAME
 from vllm_service.api import cost, openai, ops, tokenize
+from vllm_service.api.auth import AuthGate, authorize, build_gate, open_docs
 from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import BodySizeLimit, install_error_handlers
 from vllm_service.api.observe import Observe
+from vllm_service.auth import Permission, requires
 from vllm_service.config import ConfigError, ModelConfig, ObservabilityConfig, Settings
 from vllm_service.engine import Engine
 from vllm_service.manager import ModelManager, ResponseCache, build_engine
@@ -50,16 +53,9 @@ def create_app(
     cache = ResponseCache(settings.cache) if settings.cache.enabled else None
     manager = ModelManager(settings.models, engine_factory, cache=cache)
     ledger = _ledger(settings)
+    gate = build_gate(settings)
     otel = _telemetry(settings.observability, telemetry)
-    # Swagger UI's assets come from the installed fastapi-offline package, not a CDN that an
-    # air-gapped deployment cannot reach.
-    app = FastAPIOffline(
-        title="vllm-service",
-        version=__version__,
-        description="A self-hosted, OpenAI-compatible LLM service.",
-        lifespan=_lifespan(manager, ledger, on_fatal),
-        telemetry=otel,
-    )
+    app = _new_app(_lifespan(manager, ledger, gate, on_fatal), otel, gate)
     provider = otel.get("tracer_provider") or trace.get_tracer_provider()
     tracer = provider.get_tracer(TRACER_NAME, __version__)
     app.state.tracer = manager.tracer = tracer
@@ -85,6 +81,39 @@ def create_app(
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_request_body_bytes)
     _observe(app, settings, cache, tracer, ledger)
+    return app
+
+
+def _new_app(
+    lifespan: Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]],
+    otel: TelemetryConfig,
+    gate: AuthGate | None,
+) -> FastAPI:
+    """The FastAPI app: authorization on every route, docs pages only with auth off."""
+    # Swagger UI's assets come from the installed fastapi-offline package, not a CDN that an
+    # air-gapped deployment cannot reach. With auth on there are no docs pages (a browser does
+    # not send a key); the schema is at /openapi.json for a key with the inference permission.
+    factory: Callable[..., FastAPI] = FastAPIOffline
+    docs: dict[str, None] = {}
+    if gate is not None:
+        factory, docs = FastAPI, {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = factory(
+        title="vllm-service",
+        version=__version__,
+        description="A self-hosted, OpenAI-compatible LLM service.",
+        lifespan=lifespan,
+        telemetry=otel,
+        # Every route: the permission it declared, and the caller's key (deny by default).
+        dependencies=[Depends(authorize)],
+        # A path is served as written or not at all: no redirect built from a Host header.
+        redirect_slashes=False,
+        **docs,
+    )
+    app.state.auth = gate
+    if gate is None:
+        open_docs(app)
+    else:
+        _keyed_schema(app)
     return app
 
 
@@ -117,13 +146,26 @@ def _ledger(settings: Settings) -> Ledger | None:
         raise ConfigError(f"ledger.data_dir: {exc}") from None
 
 
+def _keyed_schema(app: FastAPI) -> None:
+    @app.get("/openapi.json", include_in_schema=False)
+    @requires(Permission.INFERENCE)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+
 def _lifespan(
     manager: ModelManager,
     ledger: Ledger | None,
+    gate: AuthGate | None,
     on_fatal: Callable[[BaseException], None] | None,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if gate is not None:
+            try:
+                await gate.keys.db.upgrade()
+            except DatabaseError as exc:
+                raise ConfigError(f"ledger.url: {exc}") from None
         if ledger is not None:
             try:
                 await ledger.start()
@@ -148,6 +190,8 @@ def _lifespan(
             await manager.stop()
             if ledger is not None:
                 await ledger.stop()
+            if gate is not None:
+                await gate.keys.db.close()
 
     return lifespan
 

@@ -44,6 +44,7 @@ from vllm_service.api.serving import (
     stream_failed,
     usage_info,
 )
+from vllm_service.auth import Permission, requires
 from vllm_service.engine import GenerationRequest
 from vllm_service.engine.base import ChatMessage
 
@@ -92,6 +93,7 @@ def _requests(body: ChatCompletionRequest, request_id: str) -> list[GenerationRe
     response_model=ChatCompletionResponse,
     responses={**ERROR_RESPONSES, **SSE_RESPONSE},
 )
+@requires(Permission.INFERENCE)
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,

@@ -37,6 +37,7 @@ from vllm_service.api.serving import (
     stream_failed,
     usage_info,
 )
+from vllm_service.auth import Permission, requires
 from vllm_service.config import ServerConfig
 from vllm_service.engine import GenerationRequest
 
@@ -98,6 +99,7 @@ def _requests(
     response_model=CompletionResponse,
     responses={**ERROR_RESPONSES, **SSE_RESPONSE},
 )
+@requires(Permission.INFERENCE)
 async def create_completion(
     body: CompletionRequest,
     request: Request,

@@ -15,6 +15,7 @@ from vllm_service.accounting.ledger import Ledger
 from vllm_service.api.errors import APIError, InvalidRequest
 from vllm_service.api.responses import ERROR_RESPONSES
 from vllm_service.api.serving import Manager
+from vllm_service.auth import Permission, requires
 
 router = APIRouter(tags=["cost"])
 
@@ -103,6 +104,7 @@ def parse_since(value: str) -> float:
     response_model=CostComparison,
     responses={400: ERROR_RESPONSES[400], 503: ERROR_RESPONSES[503]},
 )
+@requires(Permission.READ_METRICS)
 async def cost_comparison(
     request: Request,
     manager: Manager,

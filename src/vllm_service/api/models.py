@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from vllm_service.api.auth import principal_of
 from vllm_service.api.errors import ModelNotFound
 from vllm_service.api.responses import ERROR_RESPONSES
 from vllm_service.api.serving import Manager
+from vllm_service.auth import Permission, Principal, requires
 from vllm_service.manager import ModelManager
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -40,10 +42,13 @@ class ModelList(BaseModel):
     data: list[ModelObject]
 
 
-def _model_objects(manager: ModelManager) -> list[ModelObject]:
-    """Every name a model answers to (its own and its aliases), as OpenAI lists models."""
+def _model_objects(manager: ModelManager, principal: Principal) -> list[ModelObject]:
+    """Every name a model answers to (its own and its aliases), as OpenAI lists models; only
+    the models the caller's key may use."""
     data: list[ModelObject] = []
     for served in manager.served:
+        if not principal.may_use(served.config.name):
+            continue
         for card in served.engine.models():
             for name in served.config.all_names:
                 data.append(
@@ -63,8 +68,9 @@ def _model_objects(manager: ModelManager) -> list[ModelObject]:
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(manager: Manager) -> ModelList:
-    return ModelList(data=_model_objects(manager))
+@requires(Permission.INFERENCE)
+async def list_models(request: Request, manager: Manager) -> ModelList:
+    return ModelList(data=_model_objects(manager, principal_of(request)))
 
 
 @router.get(
@@ -72,9 +78,10 @@ async def list_models(manager: Manager) -> ModelList:
     response_model=ModelObject,
     responses={404: ERROR_RESPONSES[404]},
 )
-async def retrieve_model(model_id: str, manager: Manager) -> ModelObject:
+@requires(Permission.INFERENCE)
+async def retrieve_model(model_id: str, request: Request, manager: Manager) -> ModelObject:
     """One model by its name or alias (OpenAI's models.retrieve); ids may contain '/'."""
-    for model in _model_objects(manager):
+    for model in _model_objects(manager, principal_of(request)):
         if model.id == model_id:
             return model
     raise ModelNotFound(model_id)

@@ -13,9 +13,12 @@ from vllm_service import __version__
 from vllm_service.accounting.latency import LatencyWindow
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.stats import DeploymentStats
+from vllm_service.api.auth import AuthGate, principal_of
 from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import error_body
 from vllm_service.api.serving import Manager
+from vllm_service.auth import Permission, requires
+from vllm_service.auth.audit import record_action
 
 router = APIRouter(tags=["ops"])
 
@@ -38,6 +41,7 @@ def _deployment_body(stats: DeploymentStats) -> dict[str, Any]:
 
 
 @router.get("/health")
+@requires(Permission.OPEN)
 async def health(request: Request, manager: Manager) -> JSONResponse:
     """Liveness: the process is up; reports each engine's state and device (503 if one failed)."""
     engines = await manager.health()
@@ -68,6 +72,7 @@ async def health(request: Request, manager: Manager) -> JSONResponse:
 
 
 @router.get("/ready")
+@requires(Permission.OPEN)
 async def ready(request: Request, manager: Manager) -> JSONResponse:
     """Readiness: every model is loaded and accepting work; 503 until then, and while draining."""
     if getattr(request.app.state, "draining", False):
@@ -89,6 +94,7 @@ async def ready(request: Request, manager: Manager) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
+@requires(Permission.READ_METRICS)
 async def metrics(request: Request, manager: Manager) -> Response:
     """Prometheus metrics, text exposition format."""
     registry: Metrics = request.app.state.metrics
@@ -97,6 +103,7 @@ async def metrics(request: Request, manager: Manager) -> Response:
 
 
 @router.get("/performance/latency")
+@requires(Permission.READ_METRICS)
 async def performance_latency(request: Request) -> JSONResponse:
     """Latency SLI per model over the rolling window: percentiles, targets met, budget burn."""
     window: LatencyWindow = request.app.state.latency
@@ -104,14 +111,30 @@ async def performance_latency(request: Request) -> JSONResponse:
 
 
 @router.delete("/admin/cache")
-async def purge_cache(manager: Manager) -> JSONResponse:
+@requires(Permission.ADMIN)
+async def purge_cache(request: Request, manager: Manager) -> JSONResponse:
     """Remove every cached answer."""
     removed = await manager.cache.purge() if manager.cache is not None else 0
+    await _audit(request, "cache.purge", None, {"removed": removed})
     return JSONResponse({"purged": removed})
 
 
 @router.delete("/admin/cache/{key}")
-async def purge_cache_key(key: str, manager: Manager) -> JSONResponse:
+@requires(Permission.ADMIN)
+async def purge_cache_key(key: str, request: Request, manager: Manager) -> JSONResponse:
     """Remove one cached answer, by the key a response's x-cache-key header named."""
     removed = await manager.cache.purge(key) if manager.cache is not None else 0
+    await _audit(request, "cache.purge", key[:256], {"removed": removed})
     return JSONResponse({"purged": removed})
+
+
+async def _audit(request: Request, action: str, target: str | None, detail: dict[str, Any]) -> None:
+    """Record an admin action in the audit trail (kept in the keys' database, auth on)."""
+    gate: AuthGate | None = request.app.state.auth
+    if gate is None:
+        return
+    client = request.client.host if request.client is not None else None
+    actor = principal_of(request).key_id
+    await record_action(
+        gate.keys.db, actor=actor, action=action, target=target, detail=detail, client=client
+    )

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from vllm_service.accounting.cost import PriceTable
 from vllm_service.accounting.ledger import Ledger
 from vllm_service.accounting.usage import UsageTally
+from vllm_service.api.auth import principal_of
 from vllm_service.api.choices import ChoiceStreams
 from vllm_service.api.disconnect import until_disconnected
 from vllm_service.api.encoders import DONE, Pending, stream_error, stream_failure
@@ -66,12 +67,17 @@ Server = Annotated[ServerConfig, Depends(get_server_config)]
 
 
 def resolve_model(request: Request, manager: ModelManager, model: str) -> ServedModel:
+    """The served model a request names; 404 for a model the caller's key may not use (the
+    same answer as a model that does not exist: no existence leak)."""
     tracer: trace.Tracer = request.app.state.tracer
     with tracer.start_as_current_span("vllm.route", attributes={"vllm.requested_model": model}):
         try:
-            return manager.resolve(model)
+            served = manager.resolve(model)
         except UnknownModelError:
             raise ModelNotFound(model) from None
+    if not principal_of(request).may_use(served.config.name):
+        raise ModelNotFound(model)
+    return served
 
 
 def check_common(body: SamplingFields, server: ServerConfig) -> None:

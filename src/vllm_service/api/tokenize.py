@@ -12,6 +12,7 @@ from vllm_service.api.errors import InvalidRequest
 from vllm_service.api.protocol import MAX_STRING_CHARS, ChatMessageIn, OpenAIBaseModel, check_text
 from vllm_service.api.responses import ERROR_RESPONSES
 from vllm_service.api.serving import Manager, resolve_model
+from vllm_service.auth import Permission, requires
 from vllm_service.engine import GenerationRequest, SamplingParams
 from vllm_service.engine.base import ChatMessage, Engine, Tokenizing
 
@@ -71,6 +72,7 @@ def _tokenizing(engine: Engine, model: str) -> Tokenizing:
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
+@requires(Permission.INFERENCE)
 async def tokenize(body: TokenizeRequest, request: Request, manager: Manager) -> TokenizeResponse:
     served = resolve_model(request, manager, body.model)
     engine = _tokenizing(served.engine, body.model)
@@ -86,6 +88,7 @@ async def tokenize(body: TokenizeRequest, request: Request, manager: Manager) ->
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
+@requires(Permission.INFERENCE)
 async def detokenize(
     body: DetokenizeRequest, request: Request, manager: Manager
 ) -> DetokenizeResponse:

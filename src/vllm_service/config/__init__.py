@@ -26,6 +26,7 @@ from vllm_service.config.service import (
     DEFAULT_HOST,
     DEFAULT_MAX_REQUEST_BODY_BYTES,
     DEFAULT_PORT,
+    AuthConfig,
     CacheConfig,
     CostConfig,
     HardwareCostConfig,
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
     "DEFAULT_MODEL_NAME",
     "DEFAULT_PORT",
+    "AuthConfig",
     "BreakerConfig",
     "CacheConfig",
     "ConfigError",
@@ -82,6 +84,7 @@ class Settings(BaseSettings):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
 
     @field_validator("models")

@@ -7,7 +7,7 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from vllm_service.accounting.cost import KNOWN_PRICES, HardwareCost, HostedPrice
 from vllm_service.config.models import _Strict
@@ -297,3 +297,36 @@ class LedgerConfig(_Strict):
 
     def database_url(self) -> str:
         return self.url or f"sqlite+aiosqlite:///{self.data_dir / 'ledger.db'}"
+
+
+class StaticKeyConfig(_Strict):
+    """A key given by an environment variable (small setups; not stored in the database)."""
+
+    name: str = Field(min_length=1, description="Shown in logs, the ledger and the audit trail.")
+    role: Literal["admin", "user", "viewer"] = "user"
+    key_env: str = Field(min_length=1, description="The environment variable holding the key.")
+    models: list[str] = Field(default_factory=list, description="Models it may use; [] = all.")
+
+
+class AuthConfig(_Strict):
+    """Who may call what: API keys, and a permission on every route."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Require a key (Authorization: Bearer ...) on every route but the probes. "
+        "Off for the single-user laptop case; then serve refuses a non-loopback host unless "
+        "allow_unauthenticated_remote is true.",
+    )
+    secret: SecretStr | None = Field(
+        default=None,
+        description="The server secret keys are hashed with (env VLLM_SERVICE_AUTH__SECRET); "
+        "unset: one made at first use in <ledger.data_dir>/auth-secret (mode 0600).",
+    )
+    static_keys: list[StaticKeyConfig] = Field(default_factory=list)
+    open_probes: bool = Field(default=True, description="/health and /ready need no key.")
+    public_metrics: bool = Field(
+        default=False, description="/metrics, /performance/latency and /cost-comparison need none."
+    )
+    allow_unauthenticated_remote: bool = Field(
+        default=False, description="Serve a non-loopback host with auth off (you were warned)."
+    )

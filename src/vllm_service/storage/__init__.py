@@ -5,6 +5,14 @@ SQLite by default (one file, WAL mode), PostgreSQL by URL for replicas; SQLAlche
 """
 
 from vllm_service.storage.database import Database, DatabaseError
-from vllm_service.storage.tables import ledger, ledger_costs, metadata
+from vllm_service.storage.tables import admin_audit, api_keys, ledger, ledger_costs, metadata
 
-__all__ = ["Database", "DatabaseError", "ledger", "ledger_costs", "metadata"]
+__all__ = [
+    "Database",
+    "DatabaseError",
+    "admin_audit",
+    "api_keys",
+    "ledger",
+    "ledger_costs",
+    "metadata",
+]

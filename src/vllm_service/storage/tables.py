@@ -66,3 +66,43 @@ ledger_costs = Table(
     Column("price_version", String(160), nullable=False),
     Column("cost_usd", Double, nullable=False),
 )
+
+
+#: API keys: only a keyed hash of each key is stored (HMAC-SHA256 with the server's secret).
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    #: The key's first characters, to tell keys apart in listings (not enough to use it).
+    Column("prefix", String(16), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("name", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    #: Comma-separated model names it may use; empty: every model.
+    Column("models", String(2048), nullable=False, default=""),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("max_parallel", Integer),
+    Column("budget_usd", Double),
+    Column("budget_period", String(8)),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double),
+    Column("revoked_at", Double),
+    Column("last_used_at", Double),
+)
+
+#: Who changed what: key management and cache purges.
+admin_audit = Table(
+    "admin_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Double, nullable=False),
+    #: Who: a key id, "cli" (a local command), or "anonymous" (auth off).
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256)),
+    #: What changed, as JSON text (never a key or a secret).
+    Column("detail", String(4096)),
+    Column("client", String(64)),
+    Index("ix_admin_audit_time", "time"),
+)

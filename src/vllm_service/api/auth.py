@@ -1,0 +1,135 @@
+"""Authorization of every request: the permission its route declared, and the caller's key.
+
+One app-wide dependency runs for every route. It reads the permission the matched endpoint
+declared (``@requires``); a route without one is refused, whatever the configuration. With
+auth off every caller is ANONYMOUS (all permissions); with it on, the key from
+``Authorization: Bearer`` must belong to a role holding the permission. Failures are OpenAI's
+401 and 403 bodies; a key is never echoed, logged or counted in metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
+
+from vllm_service.api.errors import APIError
+from vllm_service.api.observe import record_of
+from vllm_service.auth import (
+    ANONYMOUS,
+    ROLES,
+    KeyStore,
+    Permission,
+    Principal,
+    permission_of,
+    requires,
+)
+from vllm_service.auth.keys import load_secret
+from vllm_service.config import ConfigError, Settings
+from vllm_service.storage import Database, DatabaseError
+
+#: Longest Authorization value looked at (a key is 46 characters).
+MAX_AUTHORIZATION = 512
+
+
+@dataclass(frozen=True, slots=True)
+class AuthGate:
+    """What authorization needs: the keys, and which permissions are public."""
+
+    keys: KeyStore
+    open_probes: bool = True
+    public_metrics: bool = False
+
+
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    if not value or len(value) > MAX_AUTHORIZATION:
+        return None
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller of a request that passed authorization."""
+    principal = getattr(request.state, "principal", None)
+    return principal if isinstance(principal, Principal) else ANONYMOUS
+
+
+async def authorize(request: Request) -> None:
+    """Admit the request to its route, or raise 401 / 403."""
+    permission = permission_of(request.scope.get("endpoint"))
+    if permission is None:
+        raise APIError(403, "This route is not open to anyone.", code="no_permission")
+    gate: AuthGate | None = request.app.state.auth
+    if gate is None:
+        request.state.principal = ANONYMOUS
+        return
+    if (permission is Permission.OPEN and gate.open_probes) or (
+        permission is Permission.READ_METRICS and gate.public_metrics
+    ):
+        return
+    key = _bearer(request)
+    if key is None:
+        raise APIError(
+            401,
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+            type="invalid_request_error",  # what OpenAI answers a 401 with
+            code="missing_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    principal = await gate.keys.lookup(key)
+    if principal is None:
+        raise APIError(
+            401,
+            "Incorrect API key provided (unknown, revoked or expired).",
+            type="invalid_request_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if permission not in ROLES.get(principal.role, frozenset()):
+        raise APIError(
+            403,
+            f"Your key's role ({principal.role}) may not call this route.",
+            type="permission_error",
+            code="insufficient_permissions",
+        )
+    request.state.principal = principal
+    rec = record_of(request)
+    if rec is not None:
+        rec.key_id = principal.key_id
+
+
+def build_gate(settings: Settings) -> AuthGate | None:
+    """The gate auth.enabled asks for (None when off); a static key whose variable is unset
+    is a configuration error."""
+    auth = settings.auth
+    if not auth.enabled:
+        return None
+    explicit = auth.secret.get_secret_value() if auth.secret is not None else None
+    try:
+        secret = load_secret(explicit, settings.ledger.data_dir / "auth-secret")
+        db = Database(settings.ledger.database_url())
+    except OSError as exc:
+        raise ConfigError(f"auth.secret: cannot keep the server secret: {exc}") from None
+    except DatabaseError as exc:
+        raise ConfigError(f"ledger.url: {exc}") from None
+    static = {}
+    for entry in auth.static_keys:
+        key = os.environ.get(entry.key_env)
+        if not key:
+            raise ConfigError(f"auth.static_keys: {entry.key_env} is not set ({entry.name})")
+        models = frozenset(entry.models)
+        static[key] = Principal(f"static:{entry.name}", entry.name, entry.role, models)
+    return AuthGate(KeyStore(db, secret, static), auth.open_probes, auth.public_metrics)
+
+
+def open_docs(app: FastAPI) -> None:
+    """The API docs (served with auth off) need the inference permission."""
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or permission_of(route.endpoint) is not None:
+            continue
+        if route.path in ("/docs", "/docs/oauth2-redirect", "/redoc"):
+            requires(Permission.INFERENCE)(route.endpoint)

@@ -1,0 +1,39 @@
+"""The audit trail of admin actions: who changed what, when, from where. Requests themselves
+are audited by the cost ledger's rows (key id, route, model, status, tokens, cost)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sqlalchemy import select
+
+from vllm_service.storage import Database, admin_audit
+
+
+async def record_action(
+    db: Database,
+    *,
+    actor: str,
+    action: str,
+    target: str | None = None,
+    detail: dict[str, object] | None = None,
+    client: str | None = None,
+) -> None:
+    """Append one admin action (never a key or a secret in ``detail``)."""
+    values = {
+        "time": time.time(),
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "detail": json.dumps(detail or {}, sort_keys=True)[:4096],
+        "client": client,
+    }
+    async with db.engine.begin() as conn:
+        await conn.execute(admin_audit.insert().values(**values))
+
+
+async def actions_since(db: Database, since: float) -> list[dict[str, object]]:
+    query = select(admin_audit).where(admin_audit.c.time >= since).order_by(admin_audit.c.id)
+    async with db.engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(query)).mappings().all()]

@@ -1,0 +1,188 @@
+"""Authorization in process (the real app over scripted engines, keys in SQLite): every route
+declares a permission, anonymous callers get nothing but the probes, roles and model
+restrictions hold, and no path or header trick gets around them."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+import pytest
+from fastapi.routing import APIRoute
+
+from tests.fakes import FakeEngines
+from vllm_service.api.app import create_app
+from vllm_service.auth import permission_of
+from vllm_service.config import load_settings
+
+T = TypeVar("T")
+MODEL, OTHER = "m", "other"
+STATIC_KEY = "vs-static-key-for-tests-0000000000000000000000"
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+class Client:
+    """The app with auth on, and a key per role (plus one for MODEL only)."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("TEST_STATIC_KEY", STATIC_KEY)
+        settings = load_settings(
+            None,
+            models=[{"name": MODEL}, {"name": OTHER}],
+            cache={"enabled": False},
+            ledger={"data_dir": str(tmp_path)},
+            auth={
+                "enabled": True,
+                "static_keys": [{"name": "ci", "role": "user", "key_env": "TEST_STATIC_KEY"}],
+            },
+        )
+        self.app = create_app(settings, engine_factory=FakeEngines())
+        self.keys: dict[str, str] = {}
+
+        async def setup() -> None:
+            store = self.app.state.auth.keys
+            await store.db.upgrade()
+            for role in ("admin", "user", "viewer"):
+                self.keys[role] = (await store.create(role, role, [])).key
+            self.keys["only_m"] = (await store.create("only-m", "user", [MODEL])).key
+
+        run(setup())
+
+    def call(
+        self, method: str, path: str, key: str | None = None, **kwargs: Any
+    ) -> httpx2.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if key is not None:
+            headers["authorization"] = f"Bearer {key}"
+
+        async def go() -> httpx2.Response:
+            transport = httpx2.ASGITransport(app=self.app)
+            async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await client.request(method, path, headers=headers, **kwargs)
+
+        return run(go())
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Client:
+    return Client(tmp_path, monkeypatch)
+
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def api_routes(app: Any) -> list[APIRoute]:
+    routes: list[APIRoute] = []
+    for rt in app.router.routes:
+        inner = getattr(rt, "original_router", None)
+        routes.extend(r for r in (inner.routes if inner else [rt]) if isinstance(r, APIRoute))
+    return routes
+
+
+@pytest.mark.parametrize("auth", [True, False])
+def test_every_route_declares_a_permission(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auth: bool
+) -> None:
+    if auth:
+        app = Client(tmp_path, monkeypatch).app
+    else:
+        app = create_app(load_settings(None, cache={"enabled": False}), FakeEngines())
+    routes = api_routes(app)
+    assert len(routes) >= 12
+    undeclared = [r.path for r in routes if permission_of(r.endpoint) is None]
+    assert undeclared == []
+
+
+def test_anonymous_callers_get_only_the_probes(client: Client) -> None:
+    open_paths = set()
+    for route in api_routes(client.app):
+        path = re.sub(r"\{[^}]+\}", "x", route.path)
+        for method in route.methods:
+            r = client.call(method, path, json={})
+            if r.status_code == 401:
+                assert r.json()["error"]["code"] == "missing_api_key"
+                assert r.headers["www-authenticate"] == "Bearer"
+            else:
+                open_paths.add(route.path)
+    assert open_paths == {"/health", "/ready"}
+    assert client.call("GET", "/docs").status_code == 404  # no docs pages with auth on
+    assert client.call("GET", "/openapi.json").status_code == 401
+    assert client.call("GET", "/openapi.json", client.keys["user"]).status_code == 200
+
+
+def test_roles_hold(client: Client) -> None:
+    keys = client.keys
+    assert client.call("POST", "/v1/chat/completions", keys["user"], json=CHAT).status_code == 200
+    assert client.call("POST", "/v1/chat/completions", STATIC_KEY, json=CHAT).status_code == 200
+    viewer = client.call("POST", "/v1/chat/completions", keys["viewer"], json=CHAT)
+    assert viewer.status_code == 403
+    assert viewer.json()["error"]["code"] == "insufficient_permissions"
+    assert client.call("GET", "/metrics", keys["viewer"]).status_code == 200
+    assert client.call("GET", "/metrics", keys["user"]).status_code == 403
+    assert client.call("DELETE", "/admin/cache", keys["user"]).status_code == 403
+    assert client.call("DELETE", "/admin/cache", keys["viewer"]).status_code == 403
+    assert client.call("DELETE", "/admin/cache", keys["admin"]).status_code == 200
+
+
+def test_a_key_for_one_model_cannot_see_another(client: Client) -> None:
+    key = client.keys["only_m"]
+    other = client.call("POST", "/v1/chat/completions", key, json={**CHAT, "model": OTHER})
+    assert other.status_code == 404
+    assert other.json()["error"]["code"] == "model_not_found"
+    listed = client.call("GET", "/v1/models", key).json()["data"]
+    assert {m["id"] for m in listed} == {MODEL}
+    assert client.call("GET", f"/v1/models/{OTHER}", key).status_code == 404
+    assert client.call("POST", "/v1/chat/completions", key, json=CHAT).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer vs-wrong",
+        "Bearer ' OR 1=1 --",
+        "Bearer " + "x" * 65536,
+        "bearer vs-\u00e9\u00e8".encode(),  # not ASCII: as a client may send raw bytes
+    ],
+)
+def test_bad_authorization_is_401_and_leaks_nothing(
+    client: Client, authorization: str | bytes
+) -> None:
+    headers = {"authorization": authorization} if authorization else {}
+    r = client.call("POST", "/v1/chat/completions", json=CHAT, headers=headers)
+    assert r.status_code == 401
+    body = r.json()["error"]
+    assert body["type"] == "invalid_request_error"
+    assert "wrong" not in body["message"]
+    assert "OR 1=1" not in body["message"]
+    assert client.call("GET", "/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/../admin/cache",
+        "//admin/cache",
+        "/admin/cache/",
+        "/admin//cache",
+        "/admin%2Fcache",
+        "/ADMIN/cache",
+        "/admin/cache.",
+        "/v1/%2e%2e/admin/cache",
+    ],
+)
+def test_path_tricks_never_reach_admin_routes(client: Client, path: str) -> None:
+    r = client.call("DELETE", path, client.keys["user"])
+    assert r.status_code in (403, 404, 405)
+    r = client.call("DELETE", path, headers={"host": "localhost:8090/#@evil"})
+    assert r.status_code in (400, 401, 404, 405)
