@@ -86,3 +86,43 @@ def test_serve_refuses_an_open_remote_host(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert "auth.allow_unauthenticated_remote" in run.stderr
+
+
+def test_two_replicas_on_one_redis_hold_one_60_rpm_limit(tmp_path: Path) -> None:
+    from tests.integration.test_cache import RedisServer
+
+    for name in ("redis", "a", "b"):
+        (tmp_path / name).mkdir()
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    config = {
+        "auth": {"enabled": True, "limits_backend": "redis", "redis_url": redis.url},
+        # One ledger database (and so one key table) for both replicas.
+        "ledger": {"data_dir": str(tmp_path / "data" / "vllm-service")},
+    }
+    first = start_service(tmp_path / "a", config)
+    second = start_service(tmp_path / "b", config)
+    try:
+        made = cli(tmp_path, "keys", "create", "--name", "shared", "--rpm", "60")
+        key = made.stdout.split()[0]
+        # Windows are whole minutes: start at the beginning of one.
+        if time.time() % 60 > 40:
+            time.sleep(60 - time.time() % 60 + 0.2)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+        headers = {"authorization": f"Bearer {key}"}
+        statuses = []
+        with httpx2.Client(timeout=60) as http:
+            for i in range(61):
+                base = (first, second)[i % 2].base_url
+                statuses.append(
+                    http.post(f"{base}/v1/chat/completions", json=body, headers=headers)
+                )
+        assert [r.status_code for r in statuses[:60]] == [200] * 60
+        assert statuses[60].status_code == 429
+        client = openai.OpenAI(base_url=f"{first.base_url}/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(**body)
+    finally:
+        first.stop()
+        second.stop()
+        redis.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from vllm_service.accounting.usage import UsageTally
@@ -65,6 +66,8 @@ class RequestRecord:
     usage: UsageTally = field(default_factory=UsageTally)
     #: Its ledger row is in the journal (written once, before the last byte).
     ledgered: bool = False
+    #: Called once the response has ended (e.g. to settle a rate limit's reservation).
+    finishers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def prompt_tokens(self) -> int:

@@ -9,8 +9,9 @@ auth off every caller is ANONYMOUS (all permissions); with it on, the key from
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
@@ -27,6 +28,13 @@ from vllm_service.auth import (
     requires,
 )
 from vllm_service.auth.keys import load_secret
+from vllm_service.auth.limits import (
+    LimitStore,
+    LimitsUnavailable,
+    MemoryLimits,
+    RateLimiter,
+    RedisLimits,
+)
 from vllm_service.config import ConfigError, Settings
 from vllm_service.storage import Database, DatabaseError
 
@@ -36,11 +44,50 @@ MAX_AUTHORIZATION = 512
 
 @dataclass(frozen=True, slots=True)
 class AuthGate:
-    """What authorization needs: the keys, and which permissions are public."""
+    """What authorization needs: the keys, which permissions are public, the key limits."""
 
     keys: KeyStore
     open_probes: bool = True
     public_metrics: bool = False
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(MemoryLimits()))
+
+
+async def admit(request: Request, prompt_chars: int, max_tokens: int) -> dict[str, str]:
+    """Count an inference request against its key's limits; its rate-limit headers, or 429
+    (503 when the shared store is down and the policy is to fail closed)."""
+    gate: AuthGate | None = request.app.state.auth
+    principal = principal_of(request)
+    if gate is None or not principal.limits:
+        return {}
+    # Tokens are reserved now (the prompt at ~4 characters a token, plus max_tokens) and
+    # reconciled with the real usage when the answer ends.
+    reserved = math.ceil(prompt_chars / 4) + max_tokens
+    limiter = gate.limiter
+    window = limiter.window()
+    try:
+        verdict = await limiter.admit(principal.key_id, principal.limits, reserved)
+    except LimitsUnavailable:
+        raise APIError(
+            503, "Rate limits cannot be checked right now.", code="limits_down"
+        ) from None
+    if not verdict.allowed:
+        what = {"parallel": "requests at once"}.get(verdict.refused or "", verdict.refused)
+        raise APIError(
+            429,
+            f"Rate limit reached for {what} on this key. Retry after {verdict.retry_after:g} s.",
+            type="requests" if verdict.refused != "tokens" else "tokens",
+            code="rate_limit_exceeded",
+            headers={**verdict.headers, "Retry-After": str(math.ceil(verdict.retry_after))},
+        )
+    rec = record_of(request)
+    if rec is not None and verdict.counted:
+
+        async def settle() -> None:
+            used = rec.prompt_tokens + rec.completion_tokens
+            await limiter.settle(principal.key_id, window, reserved, used)
+
+        rec.finishers.append(settle)
+    return verdict.headers
 
 
 def _bearer(request: Request) -> str | None:
@@ -123,7 +170,12 @@ def build_gate(settings: Settings) -> AuthGate | None:
             raise ConfigError(f"auth.static_keys: {entry.key_env} is not set ({entry.name})")
         models = frozenset(entry.models)
         static[key] = Principal(f"static:{entry.name}", entry.name, entry.role, models)
-    return AuthGate(KeyStore(db, secret, static), auth.open_probes, auth.public_metrics)
+    store: LimitStore = MemoryLimits()
+    if auth.limits_backend == "redis":
+        store = RedisLimits(auth.redis_url)
+    limiter = RateLimiter(store, fail_open=auth.limits_fail_open)
+    keys = KeyStore(db, secret, static)
+    return AuthGate(keys, auth.open_probes, auth.public_metrics, limiter)
 
 
 def open_docs(app: FastAPI) -> None:

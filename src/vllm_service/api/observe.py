@@ -7,6 +7,7 @@ request's state, and the record goes to the accounting layer after the last byte
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -102,6 +103,11 @@ class Observe:
                 rec.latency = time.monotonic() - started
             self._ledger(rec)  # the answer did not end (client gone, or a failure)
             self._account(rec)
+            for finish in rec.finishers:
+                try:
+                    await asyncio.shield(finish())
+                except Exception:  # settling must never break serving
+                    logger.exception("could not settle request %s", rec.request_id)
 
     def _ledger(self, rec: RequestRecord) -> None:
         if self.ledger is None or rec.ledgered or rec.route not in LEDGER_ROUTES:

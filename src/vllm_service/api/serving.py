@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from vllm_service.accounting.cost import PriceTable
 from vllm_service.accounting.ledger import Ledger
 from vllm_service.accounting.usage import UsageTally
-from vllm_service.api.auth import principal_of
+from vllm_service.api.auth import admit, principal_of
 from vllm_service.api.choices import ChoiceStreams
 from vllm_service.api.disconnect import until_disconnected
 from vllm_service.api.encoders import DONE, Pending, stream_error, stream_failure
@@ -194,6 +194,7 @@ async def start(
         rec.model, rec.device, rec.stream = served.config.name, manager.device(served), stream
         rec.user = user
         rec.usage = usage
+    limit_headers = await admit(request, *_reservation(requests))
     control = CacheControl.from_header(request.headers.get("cache-control"))
     group = object()
     timing = None
@@ -220,7 +221,20 @@ async def start(
         rec.deployment, rec.fallback = summary.deployment, summary.fallback
         rec.cache = summary.cache
         rec.engine = next((r.engine for r in streams.routes if r.engine is not None), None)
-    return Started(streams, summary.headers(), timing)
+    return Started(streams, {**summary.headers(), **limit_headers}, timing)
+
+
+def _reservation(requests: list[GenerationRequest]) -> tuple[int, int]:
+    """(prompt characters, max_tokens) of a request's choices, for its key's token limit."""
+    chars = 0
+    for r in requests:
+        if r.messages is not None:
+            chars += sum(len(m.content) for m in r.messages)
+        elif r.prompt_token_ids is not None:
+            chars += 4 * len(r.prompt_token_ids)
+        else:
+            chars += len(r.prompt or "")
+    return chars, sum(r.sampling.max_tokens or 0 for r in requests)
 
 
 def stream_failed(request: Request, exc: BaseException) -> bytes:

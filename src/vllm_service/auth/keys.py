@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from vllm_service.auth.limits import Limits
 from vllm_service.storage import Database, api_keys
 
 KEY_PREFIX = "vs-"
@@ -34,6 +35,7 @@ class Principal:
     name: str
     role: str
     models: frozenset[str] = field(default_factory=frozenset)
+    limits: Limits = field(default_factory=Limits)
 
     def may_use(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -107,7 +109,8 @@ class KeyStore:
             stamp = update(api_keys).where(api_keys.c.id == row["id"]).values(last_used_at=now)
             await conn.execute(stamp)
         models = frozenset(m for m in row["models"].split(",") if m)
-        return Principal(key_id=row["id"], name=row["name"], role=row["role"], models=models)
+        limits = Limits(rpm=row["rpm"], tpm=row["tpm"], max_parallel=row["max_parallel"])
+        return Principal(row["id"], row["name"], row["role"], models, limits)
 
     async def create(self, name: str, role: str, models: list[str], **limits: object) -> NewKey:
         """Store a new key; the key itself is returned once and never stored."""

@@ -330,3 +330,14 @@ class AuthConfig(_Strict):
     allow_unauthenticated_remote: bool = Field(
         default=False, description="Serve a non-loopback host with auth off (you were warned)."
     )
+    limits_backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="Where per-key limits count: this process, or Redis (one limit for every "
+        "replica).",
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="limits_backend redis.")
+    limits_fail_open: bool = Field(
+        default=True,
+        description="Redis down: serve without limits (true; /health says degraded) or refuse "
+        "with 503 (false).",
+    )

@@ -186,3 +186,31 @@ def test_path_tricks_never_reach_admin_routes(client: Client, path: str) -> None
     assert r.status_code in (403, 404, 405)
     r = client.call("DELETE", path, headers={"host": "localhost:8090/#@evil"})
     assert r.status_code in (400, 401, 404, 405)
+
+
+def test_a_key_over_its_limit_gets_429_with_openai_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = Client(tmp_path, monkeypatch)
+
+    async def limited() -> str:
+        store = client.app.state.auth.keys
+        return (await store.create("limited", "user", [], rpm=2)).key
+
+    key = run(limited())
+    # One minute for the whole test (windows are whole minutes of the wall clock).
+    client.app.state.auth.limiter._clock = lambda: 6000.0
+    ok = [client.call("POST", "/v1/chat/completions", key, json=CHAT) for _ in range(2)]
+    assert [r.status_code for r in ok] == [200, 200]
+    assert ok[0].headers["x-ratelimit-limit-requests"] == "2"
+    assert ok[1].headers["x-ratelimit-remaining-requests"] == "0"
+    over = client.call("POST", "/v1/chat/completions", key, json=CHAT)
+    assert over.status_code == 429
+    assert over.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(over.headers["retry-after"]) >= 1
+    assert over.headers["x-ratelimit-remaining-requests"] == "0"
+    # Other keys are not limited by it.
+    assert (
+        client.call("POST", "/v1/chat/completions", client.keys["user"], json=CHAT).status_code
+        == 200
+    )
