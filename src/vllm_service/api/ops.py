@@ -58,6 +58,10 @@ async def health(request: Request, manager: Manager) -> JSONResponse:
         if deployment.id in body["engines"] and cards:
             defaults = cards[0].sampling_defaults.as_dict()
             body["engines"][deployment.id]["sampling_defaults"] = defaults
+    gate: AuthGate | None = request.app.state.auth
+    if gate is not None:
+        # Redis down with limits failing open: served, but without per-key limits.
+        body["auth"] = {"limits": "degraded" if gate.limiter.degraded else "ok"}
     guard: ConnectionGuard | None = getattr(request.app.state, "connection_guard", None)
     if guard is not None:
         body["http"] = dict(guard.counts)

@@ -1,0 +1,138 @@
+"""What authorization and per-key limits add per request, side by side in one run.
+
+Three services on the bundled model, answering from the response cache (so what auth adds is
+not hidden behind generation): auth off; auth on with a key limited in memory; auth on with the
+same key limited in Redis (a redis-server of its own on loopback). Rounds alternate; prints the
+median of each round's p50 and the rounds' spread. Asserts nothing.
+
+    python benchmarks/auth_overhead.py [--rounds 7] [--requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_basics import free_port, service_command
+
+MODEL = "smollm2-135m-instruct"
+BODY = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Say yes."}],
+    "max_tokens": 4,
+    "temperature": 0,
+}
+
+
+def start(name: str, config: dict[str, object], work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (work / f"{name}.log").open("wb")
+    env = {**os.environ, "XDG_DATA_HOME": str(work / "data")}
+    argv = [*service_command(), "serve", "--port", str(port), "--config", str(path)]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx2.get(f"{url}/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} not ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="auth-overhead-"))
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    base = {"cache": {"enabled": True}, "observability": {"log_requests": False}}
+    on = {"enabled": True, "limits_backend": "memory"}
+    redis_auth = {**on, "limits_backend": "redis", "redis_url": f"redis://127.0.0.1:{redis_port}/0"}
+    env = {**os.environ, "XDG_DATA_HOME": str(work / "data")}
+    made = subprocess.run(
+        [
+            *service_command(),
+            "keys",
+            "create",
+            "--name",
+            "bench",
+            "--rpm",
+            "1000000",
+            "--tpm",
+            "1000000000",
+            "--max-parallel",
+            "1000",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    key = made.stdout.split()[0]
+    targets = {
+        "auth off": start("off", base, work),
+        "auth, memory limits": start("memory", {**base, "auth": on}, work),
+        "auth, redis limits": start("redis", {**base, "auth": redis_auth}, work),
+    }
+    headers = {"authorization": f"Bearer {key}"}
+    rounds: dict[str, list[float]] = {name: [] for name in targets}
+    try:
+        with httpx2.Client(timeout=60, headers=headers) as http:
+            for _, url in targets.values():
+                for _ in range(20):
+                    assert http.post(f"{url}/v1/chat/completions", json=BODY).status_code == 200
+            for _ in range(args.rounds):
+                for name, (_, url) in targets.items():
+                    times = []
+                    for _ in range(args.requests):
+                        t = time.perf_counter()
+                        r = http.post(f"{url}/v1/chat/completions", json=BODY)
+                        times.append(time.perf_counter() - t)
+                        assert r.status_code == 200
+                    rounds[name].append(statistics.median(times) * 1e3)
+    finally:
+        for proc, _ in targets.values():
+            proc.terminate()
+            proc.wait()
+        redis.terminate()
+    print(f"{args.rounds} rounds x {args.requests} cached chat requests; p50 per round, ms")
+    off = statistics.median(rounds["auth off"])
+    for name, values in rounds.items():
+        mid = statistics.median(values)
+        spread = f"{min(values):.3f}..{max(values):.3f}"
+        print(f"  {name:20s} median {mid:.3f} (rounds {spread})  added {mid - off:+.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
