@@ -27,7 +27,7 @@ from vllm_service.auth import (
     permission_of,
     requires,
 )
-from vllm_service.auth.keys import load_secret
+from vllm_service.auth.keys import KEY_PREFIX, load_secret
 from vllm_service.auth.limits import (
     LimitStore,
     LimitsUnavailable,
@@ -35,6 +35,7 @@ from vllm_service.auth.limits import (
     RateLimiter,
     RedisLimits,
 )
+from vllm_service.auth.tokens import TokenConfigError, TokenVerifier
 from vllm_service.config import ConfigError, Settings
 from vllm_service.storage import Database, DatabaseError
 
@@ -50,6 +51,7 @@ class AuthGate:
     open_probes: bool = True
     public_metrics: bool = False
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(MemoryLimits()))
+    tokens: TokenVerifier | None = None
 
 
 async def admit(request: Request, prompt_chars: int, max_tokens: int) -> dict[str, str]:
@@ -127,7 +129,10 @@ async def authorize(request: Request) -> None:
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = await gate.keys.lookup(key)
+    if gate.tokens is not None and key.count(".") == 2 and not key.startswith(KEY_PREFIX):
+        principal = gate.tokens.verify(key)
+    else:
+        principal = await gate.keys.lookup(key)
     if principal is None:
         raise APIError(
             401,
@@ -175,7 +180,27 @@ def build_gate(settings: Settings) -> AuthGate | None:
         store = RedisLimits(auth.redis_url)
     limiter = RateLimiter(store, fail_open=auth.limits_fail_open)
     keys = KeyStore(db, secret, static)
-    return AuthGate(keys, auth.open_probes, auth.public_metrics, limiter)
+    return AuthGate(keys, auth.open_probes, auth.public_metrics, limiter, _tokens(settings))
+
+
+def _tokens(settings: Settings) -> TokenVerifier | None:
+    config = settings.auth.jwt
+    if not config.enabled:
+        return None
+    try:
+        return TokenVerifier(
+            algorithms=config.algorithms,
+            issuer=config.issuer,
+            audience=config.audience,
+            secret=config.secret.get_secret_value() if config.secret is not None else None,
+            public_key_file=config.public_key_file,
+            jwks_file=config.jwks_file,
+            role_claim=config.role_claim,
+            models_claim=config.models_claim,
+            leeway=config.leeway,
+        )
+    except (TokenConfigError, OSError, ValueError) as exc:
+        raise ConfigError(f"auth.jwt: {exc}") from None
 
 
 def open_docs(app: FastAPI) -> None:

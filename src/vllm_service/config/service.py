@@ -308,6 +308,31 @@ class StaticKeyConfig(_Strict):
     models: list[str] = Field(default_factory=list, description="Models it may use; [] = all.")
 
 
+class JwtConfig(_Strict):
+    """Bearer JWTs from an identity provider (besides API keys)."""
+
+    enabled: bool = False
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256"], description="Accepted algorithms (never 'none')."
+    )
+    issuer: str = Field(default="", description="Required 'iss'.")
+    audience: str = Field(default="", description="Required 'aud'.")
+    secret: SecretStr | None = Field(
+        default=None, description="HS*: the shared secret (env VLLM_SERVICE_AUTH__JWT__SECRET)."
+    )
+    public_key_file: Path | None = Field(default=None, description="RS*/ES*: a PEM public key.")
+    jwks_file: Path | None = Field(default=None, description="RS*/ES*: a JWKS document.")
+    role_claim: str = Field(default="role", description="The claim naming the role.")
+    models_claim: str = Field(default="models", description="The claim listing allowed models.")
+    leeway: float = Field(default=0.0, ge=0, description="Seconds of clock skew tolerated.")
+
+    @model_validator(mode="after")
+    def _checkable(self) -> JwtConfig:
+        if self.enabled and not (self.issuer and self.audience):
+            raise ValueError("auth.jwt needs issuer and audience")
+        return self
+
+
 class AuthConfig(_Strict):
     """Who may call what: API keys, and a permission on every route."""
 
@@ -323,6 +348,7 @@ class AuthConfig(_Strict):
         "unset: one made at first use in <ledger.data_dir>/auth-secret (mode 0600).",
     )
     static_keys: list[StaticKeyConfig] = Field(default_factory=list)
+    jwt: JwtConfig = Field(default_factory=JwtConfig)
     open_probes: bool = Field(default=True, description="/health and /ready need no key.")
     public_metrics: bool = Field(
         default=False, description="/metrics, /performance/latency and /cost-comparison need none."

@@ -31,7 +31,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 class Client:
     """The app with auth on, and a key per role (plus one for MODEL only)."""
 
-    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **auth: Any) -> None:
         monkeypatch.setenv("TEST_STATIC_KEY", STATIC_KEY)
         settings = load_settings(
             None,
@@ -41,6 +41,7 @@ class Client:
             auth={
                 "enabled": True,
                 "static_keys": [{"name": "ci", "role": "user", "key_env": "TEST_STATIC_KEY"}],
+                **auth,
             },
         )
         self.app = create_app(settings, engine_factory=FakeEngines())
@@ -214,3 +215,30 @@ def test_a_key_over_its_limit_gets_429_with_openai_headers(
         client.call("POST", "/v1/chat/completions", client.keys["user"], json=CHAT).status_code
         == 200
     )
+
+
+def test_jwt_bearer_tokens_carry_their_role(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import jwt
+
+    secret = "a-shared-secret-of-32-bytes-or-more!"
+    config = {"enabled": True, "algorithms": ["HS256"], "issuer": "idp", "audience": "svc"}
+    client = Client(tmp_path, monkeypatch, jwt={**config, "secret": secret})
+
+    def token(role: str, **extra: Any) -> str:
+        now = int(time.time())
+        body = {"iss": "idp", "aud": "svc", "sub": "bob", "exp": now + 60, "role": role}
+        return jwt.encode({**body, **extra}, secret, algorithm="HS256")
+
+    ok = client.call("POST", "/v1/chat/completions", token("user"), json=CHAT)
+    assert ok.status_code == 200
+    assert (
+        client.call("POST", "/v1/chat/completions", token("viewer"), json=CHAT).status_code == 403
+    )
+    expired = token("user", exp=int(time.time()) - 5)
+    assert client.call("POST", "/v1/chat/completions", expired, json=CHAT).status_code == 401
+    only_other = token("user", models=[OTHER])
+    assert client.call("POST", "/v1/chat/completions", only_other, json=CHAT).status_code == 404
