@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from vllm_service.auth import ROLES, KeyStore
-from vllm_service.auth.audit import actions_since, record_action
+from vllm_service.auth.audit import actions_since, record_action, requests_since
 from vllm_service.auth.keys import load_secret
 from vllm_service.config import ConfigError, Settings, load_settings
 from vllm_service.storage import Database, DatabaseError
@@ -164,20 +164,29 @@ def rotate(
 @audit_app.command("export")
 def export(
     since: Annotated[str, typer.Option(help="How far back, e.g. 30d.")] = "30d",
+    what: Annotated[str, typer.Option(help="actions (admin), requests, or all.")] = "all",
     output: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
     config: ConfigOption = None,
 ) -> None:
-    """Admin actions (key changes, cache purges) since a time: who, what, when, from where."""
+    """The audit trail since a time: admin actions (key changes, cache purges: who, what,
+    from where) and requests (key, client, route, model, status, tokens, cost)."""
     if output not in ("jsonl", "csv"):
         raise typer.BadParameter("--format must be jsonl or csv")
+    if what not in ("actions", "requests", "all"):
+        raise typer.BadParameter("--what must be actions, requests or all")
     start = time.time() - _seconds(since)
 
     async def work(store: KeyStore) -> list[dict[str, object]]:
-        return await actions_since(store.db, start)
+        rows: list[dict[str, object]] = []
+        if what in ("actions", "all"):
+            rows += [{"kind": "action", **r} for r in await actions_since(store.db, start)]
+        if what in ("requests", "all"):
+            rows += [{"kind": "request", **r} for r in await requests_since(store.db, start)]
+        return sorted(rows, key=lambda r: float(str(r["time"])))
 
     rows = _with_store(config, work)
     if output == "csv":
-        fields = ["id", "time", "actor", "action", "target", "detail", "client"]
+        fields = sorted({k for row in rows for k in row}) or ["kind"]
         writer = csv.DictWriter(sys.stdout, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)

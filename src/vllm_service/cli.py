@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -137,6 +138,7 @@ def serve(
             timeout_graceful_shutdown=max(1, round(settings.server.shutdown_grace)),
             http=GuardedHttpProtocol.bound(application.state.connection_guard),
             timeout_keep_alive=settings.server.keep_alive_timeout,
+            **_tls(settings),
         ),
         on_drain=lambda: setattr(application.state, "draining", True),
         drain_delay=settings.server.drain_delay,
@@ -148,6 +150,25 @@ def serve(
     if fatal:
         typer.echo(f"error: no model could be loaded: {fatal[0]}", err=True)
         raise typer.Exit(code=1)
+
+
+def _tls(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options: the certificate, and the oldest protocol version accepted."""
+    tls = settings.server.tls
+    if tls.certfile is None:
+        return {}
+    oldest = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+
+    def context(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        made = default()
+        made.minimum_version = oldest
+        return made
+
+    return {
+        "ssl_certfile": str(tls.certfile),
+        "ssl_keyfile": str(tls.keyfile),
+        "ssl_context_factory": context,
+    }
 
 
 def _refuse_open_remote(settings: Settings) -> None:

@@ -67,9 +67,21 @@ def test_admin_actions_are_in_the_audit_export(service: Service, tmp_path: Path)
     assert forbidden.status_code == 403
     done = httpx2.delete(f"{base}/admin/cache", headers={"authorization": f"Bearer {admin}"})
     assert done.status_code == 200
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    answered = httpx2.post(
+        f"{base}/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {user}"}
+    )
+    assert answered.status_code == 200
+    time.sleep(0.5)  # the ledger writer moves rows every 0.2 s
     export = cli(tmp_path, "audit", "export", "--since", "1h")
-    actions = [json.loads(line) for line in export.stdout.splitlines()]
+    rows = [json.loads(line) for line in export.stdout.splitlines()]
+    actions = [r for r in rows if r["kind"] == "action"]
     assert [a["action"] for a in actions] == ["key.create", "key.create", "cache.purge"]
+    calls = [r for r in rows if r["kind"] == "request"]
+    assert [(c["route"], c["status"], c["client"]) for c in calls] == [
+        ("/v1/chat/completions", 200, "127.0.0.1")
+    ]
+    assert calls[0]["key_id"] not in (None, "anonymous")
     assert actions[-1]["client"] == "127.0.0.1"
     assert actions[-1]["actor"] != "anonymous"
     assert admin not in export.stdout

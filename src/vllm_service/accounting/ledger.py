@@ -163,6 +163,7 @@ class Ledger:
             "device": rec.device,
             "key_id": rec.key_id,
             "user": user,
+            "client": rec.client,
             "status": rec.status,
             "error_type": rec.error_type,
             "stream": rec.stream,

@@ -42,6 +42,8 @@ class RequestRecord:
     device: str | None = None
     #: The engine kind of the deployment that served it (llamacpp, upstream, process).
     engine: str | None = None
+    #: The client's address (through trusted proxies' X-Forwarded-For).
+    client: str | None = None
     #: The API key that called (auth on), by its id; never the key.
     key_id: str | None = None
     #: The request's 'user' field, as the client sent it (the ledger may hash it).

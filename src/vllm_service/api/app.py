@@ -251,4 +251,5 @@ def _observe(
         log_requests=obs.log_requests,
         tracer=tracer,
         ledger=ledger,
+        trusted_proxies=settings.server.trusted_proxies,
     )

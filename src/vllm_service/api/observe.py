@@ -8,6 +8,7 @@ request's state, and the record goes to the accounting layer after the last byte
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
@@ -49,8 +50,10 @@ class Observe:
         log_requests: bool,
         tracer: trace.Tracer,
         ledger: Ledger | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.ledger = ledger
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
         self.tracer = tracer
         self.app = app
         self.metrics = metrics
@@ -75,6 +78,7 @@ class Observe:
         rec = RequestRecord(
             request_id=request_id, route=route, method=scope.get("method", ""), started=started
         )
+        rec.client = self._client(scope)
         scope.setdefault("state", {})["record"] = rec
         in_flight = self.metrics.in_flight.labels(route)
         in_flight.inc()
@@ -108,6 +112,31 @@ class Observe:
                     await asyncio.shield(finish())
                 except Exception:  # settling must never break serving
                     logger.exception("could not settle request %s", rec.request_id)
+
+    def _client(self, scope: Scope) -> str | None:
+        """The client's address: the peer's, or, when the peer is a trusted proxy, the
+        nearest address in X-Forwarded-For that is not one of them."""
+        peer = scope.get("client")
+        address = str(peer[0]) if peer else None
+        if not self.trusted or address is None or not self._is_trusted(address):
+            return address
+        forwarded: list[str] = [
+            str(part).strip()
+            for name, value in scope.get("headers", ())
+            if name == b"x-forwarded-for"
+            for part in value.decode("latin-1").split(",")
+        ]
+        for hop in reversed(forwarded):
+            if not self._is_trusted(hop):
+                return hop[:64]
+        return address
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
 
     def _ledger(self, rec: RequestRecord) -> None:
         if self.ledger is None or rec.ledgered or rec.route not in LEDGER_ROUTES:

@@ -16,6 +16,7 @@ from vllm_service.accounting.stats import DeploymentStats
 from vllm_service.api.auth import AuthGate, principal_of
 from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import error_body
+from vllm_service.api.observe import record_of
 from vllm_service.api.serving import Manager
 from vllm_service.auth import Permission, requires
 from vllm_service.auth.audit import record_action
@@ -137,7 +138,8 @@ async def _audit(request: Request, action: str, target: str | None, detail: dict
     gate: AuthGate | None = request.app.state.auth
     if gate is None:
         return
-    client = request.client.host if request.client is not None else None
+    rec = record_of(request)
+    client = rec.client if rec is not None else None
     actor = principal_of(request).key_id
     await record_action(
         gate.keys.db, actor=actor, action=action, target=target, detail=detail, client=client

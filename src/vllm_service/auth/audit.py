@@ -8,7 +8,7 @@ import time
 
 from sqlalchemy import select
 
-from vllm_service.storage import Database, admin_audit
+from vllm_service.storage import Database, admin_audit, ledger
 
 
 async def record_action(
@@ -34,6 +34,31 @@ async def record_action(
 
 
 async def actions_since(db: Database, since: float) -> list[dict[str, object]]:
+    """Admin actions since a time, oldest first."""
     query = select(admin_audit).where(admin_audit.c.time >= since).order_by(admin_audit.c.id)
+    async with db.engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+
+
+#: What the audit export shows of each request (from the ledger).
+REQUEST_COLUMNS = (
+    "time",
+    "request_id",
+    "key_id",
+    "client",
+    "route",
+    "model",
+    "status",
+    "error_type",
+    "prompt_tokens",
+    "completion_tokens",
+    "local_cost_usd",
+)
+
+
+async def requests_since(db: Database, since: float) -> list[dict[str, object]]:
+    """Every request since a time (who called what, with what result and cost), oldest first."""
+    columns = [ledger.c[name] for name in REQUEST_COLUMNS]
+    query = select(*columns).where(ledger.c.time >= since).order_by(ledger.c.time)
     async with db.engine.connect() as conn:
         return [dict(r) for r in (await conn.execute(query)).mappings().all()]

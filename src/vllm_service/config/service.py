@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import date
 from pathlib import Path
@@ -21,6 +22,22 @@ def default_data_dir() -> Path:
     """$XDG_DATA_HOME/vllm-service, or ~/.local/share/vllm-service."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "vllm-service"
+
+
+class TlsConfig(_Strict):
+    """HTTPS: a certificate and its key; TLS 1.3 at least unless 1.2 is allowed."""
+
+    certfile: Path | None = Field(default=None, description="PEM certificate (chain); unset: HTTP.")
+    keyfile: Path | None = Field(default=None, description="PEM private key.")
+    min_version: Literal["1.3", "1.2"] = Field(
+        default="1.3", description="Oldest TLS version accepted (1.2 for old clients)."
+    )
+
+    @model_validator(mode="after")
+    def _both(self) -> TlsConfig:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("give both certfile and keyfile, or neither")
+        return self
 
 
 class ServerConfig(_Strict):
@@ -63,6 +80,19 @@ class ServerConfig(_Strict):
         default=30.0, gt=0, description="Seconds in-flight requests get to finish after SIGTERM."
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (10.0.0.0/8) of proxies whose X-Forwarded-For is "
+        "believed; from anyone else the header is ignored.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            ipaddress.ip_network(value, strict=False)  # raises ValueError with the reason
+        return values
 
 
 class ObservabilityConfig(_Strict):

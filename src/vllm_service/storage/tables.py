@@ -32,6 +32,8 @@ ledger = Table(
     Column("device", String(32)),
     Column("key_id", String(64)),
     Column("user", String(256)),
+    #: The client's address (through trusted proxies).
+    Column("client", String(64)),
     Column("status", Integer, nullable=False),
     Column("error_type", String(64)),
     Column("stream", Boolean, nullable=False, default=False),
