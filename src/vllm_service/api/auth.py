@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -52,6 +54,35 @@ class AuthGate:
     public_metrics: bool = False
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(MemoryLimits()))
     tokens: TokenVerifier | None = None
+    lockout: Lockout = field(default_factory=lambda: Lockout(30))
+
+
+class Lockout:
+    """Failed authentications per client address and minute; past the limit, the address is
+    refused before any key is looked up, until the minute ends."""
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.time) -> None:
+        self.limit = limit
+        self._clock = clock
+        self._window = -1
+        self._failures: dict[str, int] = {}
+
+    def _roll(self) -> None:
+        window = int(self._clock() // 60)
+        if window != self._window:
+            self._window, self._failures = window, {}
+
+    def locked(self, address: str) -> float | None:
+        """Seconds until ``address`` may try again, or None."""
+        self._roll()
+        if self._failures.get(address, 0) < self.limit:
+            return None
+        return 60 - self._clock() % 60
+
+    def failed(self, address: str) -> None:
+        self._roll()
+        if len(self._failures) < 100_000:
+            self._failures[address] = self._failures.get(address, 0) + 1
 
 
 async def admit(request: Request, prompt_chars: int, max_tokens: int) -> dict[str, str]:
@@ -120,6 +151,16 @@ async def authorize(request: Request) -> None:
         permission is Permission.READ_METRICS and gate.public_metrics
     ):
         return
+    rec = record_of(request)
+    address = (rec.client if rec is not None else None) or "unknown"
+    wait = gate.lockout.locked(address)
+    if wait is not None:
+        raise APIError(
+            429,
+            "Too many failed authentications from this address. Retry later.",
+            code="too_many_auth_failures",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
     key = _bearer(request)
     if key is None:
         raise APIError(
@@ -134,6 +175,7 @@ async def authorize(request: Request) -> None:
     else:
         principal = await gate.keys.lookup(key)
     if principal is None:
+        gate.lockout.failed(address)
         raise APIError(
             401,
             "Incorrect API key provided (unknown, revoked or expired).",
@@ -149,7 +191,6 @@ async def authorize(request: Request) -> None:
             code="insufficient_permissions",
         )
     request.state.principal = principal
-    rec = record_of(request)
     if rec is not None:
         rec.key_id = principal.key_id
 
@@ -180,7 +221,10 @@ def build_gate(settings: Settings) -> AuthGate | None:
         store = RedisLimits(auth.redis_url)
     limiter = RateLimiter(store, fail_open=auth.limits_fail_open)
     keys = KeyStore(db, secret, static)
-    return AuthGate(keys, auth.open_probes, auth.public_metrics, limiter, _tokens(settings))
+    lockout = Lockout(auth.max_failures_per_minute)
+    return AuthGate(
+        keys, auth.open_probes, auth.public_metrics, limiter, _tokens(settings), lockout
+    )
 
 
 def _tokens(settings: Settings) -> TokenVerifier | None:

@@ -386,6 +386,12 @@ class AuthConfig(_Strict):
     allow_unauthenticated_remote: bool = Field(
         default=False, description="Serve a non-loopback host with auth off (you were warned)."
     )
+    max_failures_per_minute: int = Field(
+        default=30,
+        ge=1,
+        description="Failed keys from one client address in a minute before that address gets "
+        "429 for the rest of the minute (guessing keys costs the guesser, not the service).",
+    )
     limits_backend: Literal["memory", "redis"] = Field(
         default="memory",
         description="Where per-key limits count: this process, or Redis (one limit for every "

@@ -242,3 +242,20 @@ def test_jwt_bearer_tokens_carry_their_role(
     assert client.call("POST", "/v1/chat/completions", expired, json=CHAT).status_code == 401
     only_other = token("user", models=[OTHER])
     assert client.call("POST", "/v1/chat/completions", only_other, json=CHAT).status_code == 404
+
+
+def test_guessing_keys_locks_the_address_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = Client(tmp_path, monkeypatch, max_failures_per_minute=3)
+    client.app.state.auth.lockout._clock = lambda: 6030.0  # mid-minute, for the whole test
+    for i in range(3):
+        guess = client.call("GET", "/v1/models", f"vs-guess-{i}")
+        assert guess.status_code == 401
+    locked = client.call("GET", "/v1/models", client.keys["user"])  # even a good key, now
+    assert locked.status_code == 429
+    assert locked.json()["error"]["code"] == "too_many_auth_failures"
+    assert locked.headers["retry-after"] == "30"
+    assert client.call("GET", "/health").status_code == 200  # the probes stay open
+    client.app.state.auth.lockout._clock = lambda: 6061.0  # the next minute
+    assert client.call("GET", "/v1/models", client.keys["user"]).status_code == 200
