@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from vllm_service.config.auth import AuthConfig, JwtConfig, StaticKeyConfig
 from vllm_service.config.models import (
     DEFAULT_MODEL_NAME,
     BreakerConfig,
@@ -26,7 +27,6 @@ from vllm_service.config.service import (
     DEFAULT_HOST,
     DEFAULT_MAX_REQUEST_BODY_BYTES,
     DEFAULT_PORT,
-    AuthConfig,
     CacheConfig,
     CostConfig,
     HardwareCostConfig,
@@ -50,6 +50,7 @@ __all__ = [
     "CostConfig",
     "HardwareCostConfig",
     "HostedPriceConfig",
+    "JwtConfig",
     "LedgerConfig",
     "ModelCacheConfig",
     "ModelConfig",
@@ -58,6 +59,7 @@ __all__ = [
     "SemanticCacheConfig",
     "ServerConfig",
     "Settings",
+    "StaticKeyConfig",
     "load_settings",
 ]
 
