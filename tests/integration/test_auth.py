@@ -138,3 +138,34 @@ def test_two_replicas_on_one_redis_hold_one_60_rpm_limit(tmp_path: Path) -> None
         first.stop()
         second.stop()
         redis.kill()
+
+
+def test_a_budget_counts_what_the_ledger_recorded(service: Service, tmp_path: Path) -> None:
+    # Each answer costs about $7e-6 at gpt-4o-mini's list price (no hardware cost set).
+    made = cli(
+        tmp_path,
+        "keys",
+        "create",
+        "--name",
+        "b",
+        "--budget-usd",
+        "0.00002",
+        "--budget-period",
+        "day",
+    )
+    key = made.stdout.split()[0]
+    client = openai.OpenAI(base_url=f"{service.base_url}/v1", api_key=key, max_retries=0)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
+    answered = 0
+    refused: openai.RateLimitError | None = None
+    for _ in range(20):
+        try:
+            client.chat.completions.create(**chat)
+        except openai.RateLimitError as exc:
+            refused = exc
+            break
+        answered += 1
+        time.sleep(1.3)  # the ledger's writer, then the budget's one-second cache
+    assert refused is not None
+    assert refused.code == "insufficient_quota"
+    assert 2 <= answered <= 4

@@ -14,10 +14,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 
+from vllm_service.accounting.cost import PriceTable
+from vllm_service.accounting.ledger import Ledger
 from vllm_service.api.errors import APIError
 from vllm_service.api.observe import record_of
 from vllm_service.auth import (
@@ -29,6 +32,7 @@ from vllm_service.auth import (
     permission_of,
     requires,
 )
+from vllm_service.auth.budgets import Budgets
 from vllm_service.auth.keys import KEY_PREFIX, load_secret
 from vllm_service.auth.limits import (
     LimitStore,
@@ -55,6 +59,7 @@ class AuthGate:
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(MemoryLimits()))
     tokens: TokenVerifier | None = None
     lockout: Lockout = field(default_factory=lambda: Lockout(30))
+    budgets: Budgets | None = None
 
 
 class Lockout:
@@ -95,6 +100,7 @@ async def admit(request: Request, prompt_chars: int, max_tokens: int) -> dict[st
     # Tokens are reserved now (the prompt at ~4 characters a token, plus max_tokens) and
     # reconciled with the real usage when the answer ends.
     reserved = math.ceil(prompt_chars / 4) + max_tokens
+    await _check_budget(request, gate, principal, prompt_chars, max_tokens)
     limiter = gate.limiter
     window = limiter.window()
     try:
@@ -195,6 +201,41 @@ async def authorize(request: Request) -> None:
         rec.key_id = principal.key_id
 
 
+async def _check_budget(
+    request: Request, gate: AuthGate, principal: Principal, prompt_chars: int, max_tokens: int
+) -> None:
+    """429 insufficient_quota when the key's spending this period, plus what its requests in
+    flight reserved, plus this one's estimate, passes its budget."""
+    limits, budgets = principal.limits, gate.budgets
+    if limits.budget_usd is None or budgets is None:
+        return
+    key_id = principal.key_id
+    ledger: Ledger | None = request.app.state.ledger
+    prompt = math.ceil(prompt_chars / 4)
+    estimate = ledger.local_cost(prompt + max_tokens) if ledger is not None else None
+    if estimate is None:
+        prices: PriceTable = request.app.state.prices
+        estimate = prices.on(datetime.now(UTC).date())[0].cost(prompt, max_tokens)
+    spent = await budgets.spent(key_id, limits.budget_period or "month")
+    if spent + budgets.reserved.get(key_id, 0.0) + estimate > limits.budget_usd:
+        raise APIError(
+            429,
+            f"You exceeded this key's budget (${limits.budget_usd:g} a "
+            f"{limits.budget_period or 'month'}).",
+            type="insufficient_quota",
+            code="insufficient_quota",
+        )
+    budgets.reserve(key_id, estimate)
+    rec = record_of(request)
+    if rec is not None:
+        reserved = estimate
+
+        async def release() -> None:
+            budgets.release(key_id, reserved)
+
+        rec.finishers.append(release)
+
+
 def build_gate(settings: Settings) -> AuthGate | None:
     """The gate auth.enabled asks for (None when off); a static key whose variable is unset
     is a configuration error."""
@@ -222,8 +263,9 @@ def build_gate(settings: Settings) -> AuthGate | None:
     limiter = RateLimiter(store, fail_open=auth.limits_fail_open)
     keys = KeyStore(db, secret, static)
     lockout = Lockout(auth.max_failures_per_minute)
+    budgets = Budgets(db, settings.cost.hosted[0].name)
     return AuthGate(
-        keys, auth.open_probes, auth.public_metrics, limiter, _tokens(settings), lockout
+        keys, auth.open_probes, auth.public_metrics, limiter, _tokens(settings), lockout, budgets
     )
 
 

@@ -109,7 +109,13 @@ class KeyStore:
             stamp = update(api_keys).where(api_keys.c.id == row["id"]).values(last_used_at=now)
             await conn.execute(stamp)
         models = frozenset(m for m in row["models"].split(",") if m)
-        limits = Limits(rpm=row["rpm"], tpm=row["tpm"], max_parallel=row["max_parallel"])
+        limits = Limits(
+            rpm=row["rpm"],
+            tpm=row["tpm"],
+            max_parallel=row["max_parallel"],
+            budget_usd=row["budget_usd"],
+            budget_period=row["budget_period"],
+        )
         return Principal(row["id"], row["name"], row["role"], models, limits)
 
     async def create(self, name: str, role: str, models: list[str], **limits: object) -> NewKey:

@@ -26,9 +26,13 @@ class Limits:
     rpm: int | None = None
     tpm: int | None = None
     max_parallel: int | None = None
+    #: Dollars per budget_period (day or month, UTC), counted from the cost ledger.
+    budget_usd: float | None = None
+    budget_period: str | None = None
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.rpm, self.tpm, self.max_parallel))
+        limits = (self.rpm, self.tpm, self.max_parallel, self.budget_usd)
+        return any(v is not None for v in limits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,3 +259,23 @@ def test_guessing_keys_locks_the_address_out(
     assert client.call("GET", "/health").status_code == 200  # the probes stay open
     client.app.state.auth.lockout._clock = lambda: 6061.0  # the next minute
     assert client.call("GET", "/v1/models", client.keys["user"]).status_code == 200
+
+
+def test_a_request_that_would_pass_the_budget_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = Client(tmp_path, monkeypatch)
+
+    async def budgeted() -> str:
+        store = client.app.state.auth.keys
+        return (await store.create("b", "user", [], budget_usd=1e-4, budget_period="day")).key
+
+    key = run(budgeted())
+    # 10 completion tokens at gpt-4o-mini's $0.60 per million: well within $0.0001.
+    small = client.call("POST", "/v1/chat/completions", key, json={**CHAT, "max_tokens": 10})
+    assert small.status_code == 200
+    # 1000 would cost $0.0006 at list price: more than the whole budget.
+    big = client.call("POST", "/v1/chat/completions", key, json={**CHAT, "max_tokens": 1000})
+    assert big.status_code == 429
+    assert big.json()["error"]["code"] == "insufficient_quota"
+    assert big.json()["error"]["type"] == "insufficient_quota"
