@@ -14,7 +14,7 @@ import httpx2
 import openai
 import pytest
 
-from tests.conftest import MODEL, Service, service_command, start_service
+from tests.conftest import MODEL, Postgres, Service, service_command, start_service
 
 
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -169,3 +169,27 @@ def test_a_budget_counts_what_the_ledger_recorded(service: Service, tmp_path: Pa
     assert refused is not None
     assert refused.code == "insufficient_quota"
     assert 2 <= answered <= 4
+
+
+def test_keys_in_postgresql_with_hostile_names(postgres: Postgres) -> None:
+    import asyncio
+
+    from vllm_service.auth import KeyStore
+    from vllm_service.storage import Database
+
+    async def scenario() -> None:
+        db = Database(postgres.url)
+        await db.upgrade()
+        store = KeyStore(db, b"secret")
+        name = "x'); DROP TABLE api_keys; --"
+        new = await store.create(name, "viewer", ["m'--"])
+        principal = await store.lookup(new.key)
+        assert principal is not None
+        assert (principal.name, principal.models) == (name, frozenset({"m'--"}))
+        assert await store.lookup("' OR '1'='1") is None
+        assert await store.revoke(new.key_id)
+        assert await KeyStore(db, b"secret").lookup(new.key) is None  # another replica
+        assert any(row["name"] == name for row in await store.listing())
+        await db.close()
+
+    asyncio.run(scenario())

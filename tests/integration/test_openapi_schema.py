@@ -17,10 +17,11 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def small_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    # A short context keeps every generated request fast; the limits are the service's own.
-    config = {
+ADMIN_KEY = "vs-schemathesis-admin-key-000000000000000000000"
+
+
+def small_config() -> dict[str, object]:
+    return {
         "server": {"max_n": 2},
         "models": [
             {
@@ -29,12 +30,37 @@ def small_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]
             }
         ],
     }
-    svc = start_service(tmp_path_factory.mktemp("schema"), config)
+
+
+@pytest.fixture(scope="module")
+def small_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    # A short context keeps every generated request fast; the limits are the service's own.
+    svc = start_service(tmp_path_factory.mktemp("schema"), small_config())
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The same with auth on, and an admin key (every route reachable) from the environment."""
+    os.environ["SCHEMA_ADMIN_KEY"] = ADMIN_KEY
+    static = [{"name": "schema", "role": "admin", "key_env": "SCHEMA_ADMIN_KEY"}]
+    config = {**small_config(), "auth": {"enabled": True, "static_keys": static}}
+    svc = start_service(tmp_path_factory.mktemp("schema-auth"), config)
     yield svc
     svc.stop()
 
 
 def test_schemathesis_finds_no_server_error_or_schema_violation(small_service: Service) -> None:
+    run_schemathesis(small_service, [])
+
+
+def test_schemathesis_with_a_key_finds_none_either(keyed_service: Service) -> None:
+    run_schemathesis(keyed_service, ["--header", f"Authorization: Bearer {ADMIN_KEY}"])
+
+
+def run_schemathesis(service: Service, extra: list[str]) -> None:
+    small_service = service
     exe = python_tool("schemathesis") or python_tool("st")
     assert exe is not None, "schemathesis is installed by the dev extra"
     env = {
@@ -62,6 +88,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(small_service: S
             # runs: no 5xx, status codes, content types and bodies conform to the schema.
             "--exclude-checks",
             "positive_data_acceptance",
+            *extra,
         ],
         capture_output=True,
         text=True,
