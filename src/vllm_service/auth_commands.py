@@ -15,7 +15,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from vllm_service.auth import ROLES, KeyStore
-from vllm_service.auth.audit import actions_since, record_action, requests_since
+from vllm_service.auth.audit import (
+    actions_since,
+    content_since,
+    record_action,
+    requests_since,
+)
 from vllm_service.auth.keys import load_secret
 from vllm_service.config import ConfigError, Settings, load_settings
 from vllm_service.storage import Database, DatabaseError
@@ -164,7 +169,9 @@ def rotate(
 @audit_app.command("export")
 def export(
     since: Annotated[str, typer.Option(help="How far back, e.g. 30d.")] = "30d",
-    what: Annotated[str, typer.Option(help="actions (admin), requests, or all.")] = "all",
+    what: Annotated[
+        str, typer.Option(help="actions (admin), requests, all (both), or content.")
+    ] = "all",
     output: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
     config: ConfigOption = None,
 ) -> None:
@@ -172,8 +179,8 @@ def export(
     from where) and requests (key, client, route, model, status, tokens, cost)."""
     if output not in ("jsonl", "csv"):
         raise typer.BadParameter("--format must be jsonl or csv")
-    if what not in ("actions", "requests", "all"):
-        raise typer.BadParameter("--what must be actions, requests or all")
+    if what not in ("actions", "requests", "all", "content"):
+        raise typer.BadParameter("--what must be actions, requests, all or content")
     start = time.time() - _seconds(since)
 
     async def work(store: KeyStore) -> list[dict[str, object]]:
@@ -182,6 +189,8 @@ def export(
             rows += [{"kind": "action", **r} for r in await actions_since(store.db, start)]
         if what in ("requests", "all"):
             rows += [{"kind": "request", **r} for r in await requests_since(store.db, start)]
+        if what == "content":
+            rows += [{"kind": "content", **r} for r in await content_since(store.db, start)]
         return sorted(rows, key=lambda r: float(str(r["time"])))
 
     rows = _with_store(config, work)

@@ -82,6 +82,8 @@ def test_admin_actions_are_in_the_audit_export(service: Service, tmp_path: Path)
         ("/v1/chat/completions", 200, "127.0.0.1")
     ]
     assert calls[0]["key_id"] not in (None, "anonymous")
+    # Prompts and answers are not kept unless audit.log_content says so.
+    assert cli(tmp_path, "audit", "export", "--what", "content").stdout == ""
     assert actions[-1]["client"] == "127.0.0.1"
     assert actions[-1]["actor"] != "anonymous"
     assert admin not in export.stdout
@@ -193,3 +195,34 @@ def test_keys_in_postgresql_with_hostile_names(postgres: Postgres) -> None:
         await db.close()
 
     asyncio.run(scenario())
+
+
+def test_content_is_kept_redacted_only_when_asked(tmp_path: Path) -> None:
+    svc = start_service(tmp_path, {"audit": {"log_content": True}})
+    try:
+        secret = "Mail jane.doe@example.com, card 4111 1111 1111 1111, key sk-abcdefghijklmnopqrst."
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": secret}],
+            "max_tokens": 4,
+            "stream": True,
+        }
+        with httpx2.stream("POST", f"{svc.base_url}/v1/chat/completions", json=body) as r:
+            streamed = "".join(r.iter_text())
+        assert r.status_code == 200
+        assert "[DONE]" in streamed
+    finally:
+        svc.stop()
+    rows = [
+        json.loads(line)
+        for line in cli(tmp_path, "audit", "export", "--what", "content").stdout.splitlines()
+    ]
+    assert len(rows) == 1
+    kept = rows[0]
+    assert kept["route"] == "/v1/chat/completions"
+    assert "[REDACTED:EMAIL]" in kept["prompt"]
+    assert "[REDACTED:CARD]" in kept["prompt"]
+    assert "[REDACTED:KEY]" in kept["prompt"]
+    assert "jane.doe" not in kept["prompt"]
+    assert kept["prompt"].startswith("user: Mail ")
+    assert kept["completion"]

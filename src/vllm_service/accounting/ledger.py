@@ -32,6 +32,7 @@ from vllm_service.accounting.cost import HardwareCost, PriceTable
 from vllm_service.accounting.journal import Journal, orphans, read_rows
 from vllm_service.accounting.request_log import RequestRecord
 from vllm_service.storage import Database, ledger, ledger_costs
+from vllm_service.storage.retention import purge_audit
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class LedgerSettings:
     flush_interval: float = 0.2
     retention_days: float = 400.0
     hash_users: bool = False
+    #: The audit trail's admin actions and content are purged after this many days.
+    audit_retention_days: float = 400.0
 
 
 class RollingRate:
@@ -257,9 +260,10 @@ class Ledger:
                 await conn.execute(stmt, costs)
 
     async def _purge_expired(self) -> None:
-        cutoff = self._wall() - self.settings.retention_days * 86400
+        now = self._wall()
         try:
-            await self.purge(cutoff)
+            await self.purge(now - self.settings.retention_days * 86400)
+            await purge_audit(self.db, now - self.settings.audit_retention_days * 86400)
         except SQLAlchemyError as exc:
             logger.warning("ledger: retention purge failed: %s", exc)
 

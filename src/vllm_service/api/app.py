@@ -61,6 +61,9 @@ def create_app(
     app.state.tracer = manager.tracer = tracer
     app.state.manager = manager
     app.state.ledger = ledger
+    # The audit trail's database: the keys' (auth on), else the ledger's.
+    app.state.audit_db = gate.keys.db if gate is not None else (ledger.db if ledger else None)
+    app.state.audit_content = settings.audit.log_content
     app.state.prices = price_table(settings)
     app.state.response_cost_info = settings.cost.response_cost_info
     app.state.server_config = settings.server
@@ -136,6 +139,7 @@ def _ledger(settings: Settings) -> Ledger | None:
         flush_interval=config.flush_interval,
         retention_days=config.retention_days,
         hash_users=config.hash_users,
+        audit_retention_days=settings.audit.retention_days,
     )
     hardware = HardwareCost(**settings.cost.hardware.model_dump())
     try:

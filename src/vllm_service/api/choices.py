@@ -35,6 +35,11 @@ class ChoiceStreams:
         self.usage = usage if usage is not None else UsageTally()
         #: Called with each choice's index and final delta (usage, timing) as it passes.
         self._on_final = on_final
+        #: Each choice's text as it passed, when kept (the audit trail's content).
+        self.texts: list[list[str]] | None = None
+
+    def keep_text(self) -> None:
+        self.texts = [[] for _ in self._answers]
 
     @classmethod
     async def start(
@@ -70,6 +75,8 @@ class ChoiceStreams:
                 await answer.aclose()
 
     def _passed(self, index: int, delta: TokenDelta) -> tuple[int, TokenDelta]:
+        if self.texts is not None:
+            self.texts[index].append(delta.text)
         if delta.finish_reason is not None:
             if delta.usage is not None:
                 self.usage.add(index, delta.usage)

@@ -27,6 +27,7 @@ from vllm_service.api.errors import APIError, InvalidRequest, ModelNotFound
 from vllm_service.api.observe import record_of
 from vllm_service.api.protocol import CostInfo, PromptTokensDetails, SamplingFields, UsageInfo
 from vllm_service.api.timing import ServerTiming, wants_timing
+from vllm_service.auth.audit import record_content
 from vllm_service.config import ServerConfig
 from vllm_service.engine import GenerationRequest, SamplingParams, TokenDelta
 from vllm_service.engine.base import PromptTokenLogprob, TokenLogprob
@@ -38,6 +39,7 @@ from vllm_service.manager import (
     ServedModel,
     UnknownModelError,
 )
+from vllm_service.storage import Database
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +214,7 @@ async def start(
         request,
         ChoiceStreams.start(starts, usage, on_final if rec or timing else None),
     )
+    _keep_content(request, requests, streams)
     summary = Served.of(streams.routes)
     if timing is not None:
         timing.routes = streams.routes
@@ -222,6 +225,38 @@ async def start(
         rec.cache = summary.cache
         rec.engine = next((r.engine for r in streams.routes if r.engine is not None), None)
     return Started(streams, {**summary.headers(), **limit_headers}, timing)
+
+
+def _keep_content(
+    request: Request, requests: list[GenerationRequest], streams: ChoiceStreams
+) -> None:
+    """With audit.log_content: keep the prompt and the answer (redacted) once it ends."""
+    db: Database | None = request.app.state.audit_db
+    rec = record_of(request)
+    if db is None or rec is None or not request.app.state.audit_content:
+        return
+    streams.keep_text()
+    prompts: dict[str, None] = {}
+    for r in requests:
+        if r.messages is not None:
+            text = "\n".join(f"{m.role}: {m.content}" for m in r.messages)
+        else:
+            text = r.prompt if r.prompt is not None else str(list(r.prompt_token_ids or ()))
+        prompts[text] = None
+
+    async def write() -> None:
+        answers = ["".join(t) for t in streams.texts or []]
+        await record_content(
+            db,
+            request_id=rec.request_id,
+            key_id=rec.key_id,
+            route=rec.route,
+            model=rec.model,
+            prompt="\n---\n".join(prompts),
+            completion="\n---\n".join(answers),
+        )
+
+    rec.finishers.append(write)
 
 
 def _reservation(requests: list[GenerationRequest]) -> tuple[int, int]:

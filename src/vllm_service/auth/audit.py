@@ -8,7 +8,8 @@ import time
 
 from sqlalchemy import select
 
-from vllm_service.storage import Database, admin_audit, ledger
+from vllm_service.auth.redact import redact
+from vllm_service.storage import Database, admin_audit, audit_content, ledger
 
 
 async def record_action(
@@ -31,6 +32,36 @@ async def record_action(
     }
     async with db.engine.begin() as conn:
         await conn.execute(admin_audit.insert().values(**values))
+
+
+async def record_content(
+    db: Database,
+    *,
+    request_id: str,
+    key_id: str | None,
+    route: str,
+    model: str | None,
+    prompt: str,
+    completion: str,
+) -> None:
+    """Keep a request's prompt and answer, redacted (audit.log_content)."""
+    values = {
+        "time": time.time(),
+        "request_id": request_id,
+        "key_id": key_id,
+        "route": route,
+        "model": model,
+        "prompt": redact(prompt),
+        "completion": redact(completion),
+    }
+    async with db.engine.begin() as conn:
+        await conn.execute(audit_content.insert().values(**values))
+
+
+async def content_since(db: Database, since: float) -> list[dict[str, object]]:
+    query = select(audit_content).where(audit_content.c.time >= since).order_by(audit_content.c.id)
+    async with db.engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(query)).mappings().all()]
 
 
 async def actions_since(db: Database, since: float) -> list[dict[str, object]]:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from vllm_service.config.auth import AuthConfig, JwtConfig, StaticKeyConfig
+from vllm_service.config.auth import AuditConfig, AuthConfig, JwtConfig, StaticKeyConfig
 from vllm_service.config.models import (
     DEFAULT_MODEL_NAME,
     BreakerConfig,
@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
     "DEFAULT_MODEL_NAME",
     "DEFAULT_PORT",
+    "AuditConfig",
     "AuthConfig",
     "BreakerConfig",
     "CacheConfig",
@@ -87,6 +88,7 @@ class Settings(BaseSettings):
     cost: CostConfig = Field(default_factory=CostConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
 
     @field_validator("models")

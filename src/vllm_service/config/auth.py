@@ -84,3 +84,16 @@ class AuthConfig(_Strict):
         description="Redis down: serve without limits (true; /health says degraded) or refuse "
         "with 503 (false).",
     )
+
+
+class AuditConfig(_Strict):
+    """The audit trail: admin actions and requests (always), content (only when asked)."""
+
+    log_content: bool = Field(
+        default=False,
+        description="Also keep each request's prompt and answer, with e-mail addresses, card "
+        "numbers, keys and tokens, and phone numbers redacted.",
+    )
+    retention_days: float = Field(
+        default=400, gt=0, description="Admin actions and content older than this are purged."
+    )

@@ -5,13 +5,21 @@ SQLite by default (one file, WAL mode), PostgreSQL by URL for replicas; SQLAlche
 """
 
 from vllm_service.storage.database import Database, DatabaseError
-from vllm_service.storage.tables import admin_audit, api_keys, ledger, ledger_costs, metadata
+from vllm_service.storage.tables import (
+    admin_audit,
+    api_keys,
+    audit_content,
+    ledger,
+    ledger_costs,
+    metadata,
+)
 
 __all__ = [
     "Database",
     "DatabaseError",
     "admin_audit",
     "api_keys",
+    "audit_content",
     "ledger",
     "ledger_costs",
     "metadata",

@@ -12,6 +12,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -107,4 +108,20 @@ admin_audit = Table(
     Column("detail", String(4096)),
     Column("client", String(64)),
     Index("ix_admin_audit_time", "time"),
+)
+
+
+#: Prompts and answers (redacted), kept only with audit.log_content.
+audit_content = Table(
+    "audit_content",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Double, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("key_id", String(64)),
+    Column("route", String(64), nullable=False),
+    Column("model", String(256)),
+    Column("prompt", Text, nullable=False),
+    Column("completion", Text, nullable=False),
+    Index("ix_audit_content_time", "time"),
 )
