@@ -177,7 +177,7 @@ async def authorize(request: Request) -> None:
             headers={"WWW-Authenticate": "Bearer"},
         )
     if gate.tokens is not None and key.count(".") == 2 and not key.startswith(KEY_PREFIX):
-        principal = gate.tokens.verify(key)
+        principal = await gate.tokens.verify_async(key)
     else:
         principal = await gate.keys.lookup(key)
     if principal is None:
@@ -281,6 +281,7 @@ def _tokens(settings: Settings) -> TokenVerifier | None:
             secret=config.secret.get_secret_value() if config.secret is not None else None,
             public_key_file=config.public_key_file,
             jwks_file=config.jwks_file,
+            jwks_url=config.jwks_url,
             role_claim=config.role_claim,
             models_claim=config.models_claim,
             leeway=config.leeway,

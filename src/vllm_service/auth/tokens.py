@@ -5,6 +5,7 @@ neither ``alg: none`` nor an HS256 token signed with the public key gets through
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ class TokenVerifier:
         secret: str | None = None,
         public_key_file: Path | None = None,
         jwks_file: Path | None = None,
+        jwks_url: str | None = None,
         role_claim: str = "role",
         models_claim: str = "models",
         leeway: float = 0.0,
@@ -45,6 +47,7 @@ class TokenVerifier:
         if algs & SYMMETRIC and algs & ASYMMETRIC:
             raise TokenConfigError("do not mix HS* with RS*/ES* algorithms (algorithm confusion)")
         self._jwks: jwt.PyJWKSet | None = None
+        self._jwks_client: jwt.PyJWKClient | None = None
         self._key: Any = None
         if algs <= SYMMETRIC:
             if not secret:
@@ -52,19 +55,32 @@ class TokenVerifier:
             self._key = secret
         elif jwks_file is not None:
             self._jwks = jwt.PyJWKSet.from_dict(json.loads(jwks_file.read_text()))
+        elif jwks_url is not None:
+            # Keys are fetched when a token names one not seen yet, and cached (5 minutes).
+            self._jwks_client = jwt.PyJWKClient(jwks_url, lifespan=300, timeout=5)
         elif public_key_file is not None:
             self._key = public_key_file.read_text()
         else:
-            raise TokenConfigError("RS*/ES* algorithms need public_key_file or jwks_file")
+            raise TokenConfigError("RS*/ES* algorithms need public_key_file, jwks_file or jwks_url")
         self.algorithms = sorted(algs)
         self.issuer, self.audience = issuer, audience
         self.role_claim, self.models_claim = role_claim, models_claim
         self.leeway = leeway
 
-    def verify(self, token: str) -> Principal | None:
+    async def verify_async(self, token: str) -> Principal | None:
+        """As verify; a JWKS URL is fetched off the event loop."""
+        if self._jwks_client is None:
+            return self.verify(token)
+        try:
+            found = await asyncio.to_thread(self._jwks_client.get_signing_key_from_jwt, token)
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return None
+        return self.verify(token, found.key)
+
+    def verify(self, token: str, key: Any = None) -> Principal | None:
         """The principal of a valid token; None for anything else."""
         try:
-            key = self._key
+            key = key if key is not None else self._key
             if self._jwks is not None:
                 kid = jwt.get_unverified_header(token).get("kid")
                 key = next((k.key for k in self._jwks.keys if k.key_id == kid), None)

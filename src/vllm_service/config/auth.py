@@ -33,6 +33,11 @@ class JwtConfig(_Strict):
     )
     public_key_file: Path | None = Field(default=None, description="RS*/ES*: a PEM public key.")
     jwks_file: Path | None = Field(default=None, description="RS*/ES*: a JWKS document.")
+    jwks_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="RS*/ES*: where the provider publishes its JWKS (fetched, cached 5 min).",
+    )
     role_claim: str = Field(default="role", description="The claim naming the role.")
     models_claim: str = Field(default="models", description="The claim listing allowed models.")
     leeway: float = Field(default=0.0, ge=0, description="Seconds of clock skew tolerated.")

@@ -96,3 +96,34 @@ def test_hs256_with_a_shared_secret_and_the_configuration_checks(tmp_path: Path)
         TokenVerifier(algorithms=["RS256"], issuer=ISS, audience=AUD)
     with pytest.raises(TokenConfigError):
         TokenVerifier(algorithms=["none"], issuer=ISS, audience=AUD)
+
+
+def test_keys_from_a_jwks_url(rsa_key: rsa.RSAPrivateKey) -> None:
+    """A provider's JWKS served over HTTP on loopback; the key is found by the token's kid."""
+    import asyncio
+    import json
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.conftest import free_port, serve_in_thread
+
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))
+    jwks = {"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}
+
+    async def keys(_: Any) -> JSONResponse:
+        return JSONResponse(jwks)
+
+    port = free_port()
+    with serve_in_thread(Starlette(routes=[Route("/jwks", keys)]), port):
+        verifier = TokenVerifier(
+            algorithms=["RS256"],
+            issuer=ISS,
+            audience=AUD,
+            jwks_url=f"http://127.0.0.1:{port}/jwks",
+        )
+        good = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "k1"})
+        unknown = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "k2"})
+        assert asyncio.run(verifier.verify_async(good)) is not None
+        assert asyncio.run(verifier.verify_async(unknown)) is None
