@@ -136,6 +136,8 @@ def test_two_replicas_on_one_redis_hold_one_60_rpm_limit(tmp_path: Path) -> None
         client = openai.OpenAI(base_url=f"{first.base_url}/v1", api_key=key, max_retries=0)
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(**body)
+        check_shared_tokens_limit(tmp_path, first, second)
+        check_revocation_reaches_both(tmp_path, key, first, second)
     finally:
         first.stop()
         second.stop()
@@ -226,3 +228,47 @@ def test_content_is_kept_redacted_only_when_asked(tmp_path: Path) -> None:
     assert "jane.doe" not in kept["prompt"]
     assert kept["prompt"].startswith("user: Mail ")
     assert kept["completion"]
+
+
+def check_shared_tokens_limit(tmp_path: Path, first: Service, second: Service) -> None:
+    """One tokens-per-minute limit across both replicas: each answer's real usage (about 70
+    tokens) counts, so a second answer cannot fit in 100 tokens on either replica."""
+    key = cli(tmp_path, "keys", "create", "--name", "tpm", "--tpm", "100").stdout.split()[0]
+    headers = {"authorization": f"Bearer {key}"}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 40,
+        "ignore_eos": True,
+    }
+    with httpx2.Client(timeout=60, headers=headers) as http:
+        r = http.post(f"{first.base_url}/v1/chat/completions", json=body)
+        assert r.status_code == 200
+        used = r.json()["usage"]["total_tokens"]
+        assert used > 50
+        time.sleep(0.3)  # the first answer's usage is settled after its last byte
+        r = http.post(f"{second.base_url}/v1/chat/completions", json=body)
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["type"] == "tokens"
+    assert int(r.headers["x-ratelimit-remaining-tokens"]) == 100 - used
+
+
+def check_revocation_reaches_both(
+    tmp_path: Path, key: str, first: Service, second: Service
+) -> None:
+    key_id = next(
+        json.loads(line)["id"]
+        for line in cli(tmp_path, "keys", "list").stdout.splitlines()
+        if json.loads(line)["name"] == "shared"
+    )
+    assert cli(tmp_path, "keys", "revoke", key_id).returncode == 0
+    revoked_at = time.monotonic()
+    headers = {"authorization": f"Bearer {key}"}
+    for service in (first, second):
+        while True:
+            r = httpx2.get(f"{service.base_url}/v1/models", headers=headers, timeout=10)
+            if r.status_code == 401 or time.monotonic() - revoked_at > 5:
+                break
+            time.sleep(0.05)
+        assert r.status_code == 401
+    assert time.monotonic() - revoked_at < 1.5  # the lookup cache's second, and a margin
