@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 import httpx2
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_basics import free_port, service_command
+from serve_basics import free_port, service_command, start_configured
 
 MODEL = "smollm2-135m-instruct"
 BODY = {
@@ -33,26 +32,6 @@ BODY = {
     "max_tokens": 4,
     "temperature": 0,
 }
-
-
-def start(name: str, config: dict[str, object], work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (work / f"{name}.log").open("wb")
-    env = {**os.environ, "XDG_DATA_HOME": str(work / "data")}
-    argv = [*service_command(), "serve", "--port", str(port), "--config", str(path)]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx2.get(f"{url}/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} not ready")
 
 
 def main() -> None:
@@ -101,9 +80,9 @@ def main() -> None:
     )
     key = made.stdout.split()[0]
     targets = {
-        "auth off": start("off", base, work),
-        "auth, memory limits": start("memory", {**base, "auth": on}, work),
-        "auth, redis limits": start("redis", {**base, "auth": redis_auth}, work),
+        "auth off": start_configured("off", base, work, env),
+        "auth, memory limits": start_configured("memory", {**base, "auth": on}, work, env),
+        "auth, redis limits": start_configured("redis", {**base, "auth": redis_auth}, work, env),
     }
     headers = {"authorization": f"Bearer {key}"}
     rounds: dict[str, list[float]] = {name: [] for name in targets}

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx2
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_basics import free_port, service_command
+from serve_basics import start_configured
 
 MODEL = "smollm2-135m-instruct"
 BODY = {
@@ -33,37 +31,24 @@ BODY = {
 }
 
 
-def start(name: str, ledger: bool, work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    config = {
-        "cache": {"enabled": True},
-        "ledger": {"enabled": ledger, "data_dir": str(work / name)},
-        "observability": {"log_requests": False},
-    }
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (work / f"{name}.log").open("wb")
-    argv = [*service_command(), "serve", "--port", str(port), "--config", str(path)]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx2.get(f"{url}/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} not ready")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ledger-overhead-"))
-    targets = {"ledger on": start("on", True, work), "ledger off": start("off", False, work)}
+
+    def config(ledger: bool, name: str) -> dict[str, object]:
+        return {
+            "cache": {"enabled": True},
+            "ledger": {"enabled": ledger, "data_dir": str(work / name)},
+            "observability": {"log_requests": False},
+        }
+
+    targets = {
+        "ledger on": start_configured("on", config(True, "on"), work),
+        "ledger off": start_configured("off", config(False, "off"), work),
+    }
     rounds: dict[str, list[float]] = {name: [] for name in targets}
     try:
         with httpx2.Client(timeout=60) as http:

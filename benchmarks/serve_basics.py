@@ -60,6 +60,31 @@ def service_command() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "vllm_service"]
 
 
+def start_configured(
+    name: str, config: dict[str, Any], work: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`vllm-service serve` with ``config`` (written to ``work``), waited until /ready; the
+    process and its base URL."""
+    import yaml
+
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (work / f"{name}.log").open("wb")
+    argv = [*service_command(), "serve", "--port", str(port), "--config", str(path)]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx2.get(f"{url}/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} not ready")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its threads (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

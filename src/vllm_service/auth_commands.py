@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from vllm_service.auth.audit import (
     requests_since,
 )
 from vllm_service.auth.keys import load_secret
-from vllm_service.config import ConfigError, Settings, load_settings
+from vllm_service.command_options import ConfigOption, load_config, seconds
 from vllm_service.storage import Database, DatabaseError
 
 keys_app = typer.Typer(
@@ -31,28 +30,16 @@ keys_app = typer.Typer(
 audit_app = typer.Typer(help="The audit trail of admin actions.", no_args_is_help=True)
 
 T = TypeVar("T")
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file (as for serve).")
-]
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _seconds(value: str) -> float:
-    match = _DURATION.match(value)
-    if not match:
-        raise typer.BadParameter(f"{value!r}: give a duration like 90d, 12h or 30m")
-    return float(match[1]) * _SECONDS[match[2]]
 
 
 def _with_store(config: Path | None, work: Callable[[KeyStore], Awaitable[T]]) -> T:
+    settings = load_config(config)
     try:
-        settings: Settings = load_settings(config)
         auth = settings.auth
         explicit = auth.secret.get_secret_value() if auth.secret is not None else None
         secret = load_secret(explicit, settings.ledger.data_dir / "auth-secret")
         db = Database(settings.ledger.database_url())
-    except (ConfigError, DatabaseError, OSError) as exc:
+    except (DatabaseError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
 
@@ -97,7 +84,7 @@ def create(
         "max_parallel": max_parallel,
         "budget_usd": budget_usd,
         "budget_period": budget_period,
-        "expires_at": None if expires is None else time.time() + _seconds(expires),
+        "expires_at": None if expires is None else time.time() + seconds(expires),
     }
 
     async def work(store: KeyStore) -> str:
@@ -147,13 +134,13 @@ def rotate(
     config: ConfigOption = None,
 ) -> None:
     """A new key with the same name, role and limits; the old one works for --grace more."""
-    seconds = _seconds(grace)
+    grace_s = seconds(grace)
 
     async def work(store: KeyStore) -> str | None:
-        new = await store.rotate(key_id, seconds)
+        new = await store.rotate(key_id, grace_s)
         if new is None:
             return None
-        detail = {"new_key_id": new.key_id, "grace_seconds": seconds}
+        detail = {"new_key_id": new.key_id, "grace_seconds": grace_s}
         await record_action(
             store.db, actor="cli", action="key.rotate", target=key_id, detail=detail
         )
@@ -181,7 +168,7 @@ def export(
         raise typer.BadParameter("--format must be jsonl or csv")
     if what not in ("actions", "requests", "all", "content"):
         raise typer.BadParameter("--what must be actions, requests, all or content")
-    start = time.time() - _seconds(since)
+    start = time.time() - seconds(since)
 
     async def work(store: KeyStore) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -14,28 +13,15 @@ from typing import Annotated, Any
 
 import typer
 
-from vllm_service.accounting.cost import HOURS_PER_MONTH, HardwareCost, HostedPrice, PriceTable
+from vllm_service.accounting.cost import HardwareCost, HostedPrice, PriceTable, projection
 from vllm_service.accounting.cost_report import CostReport, cost_report
 from vllm_service.accounting.ledger import purge as purge_rows
-from vllm_service.config import ConfigError, Settings, load_settings
+from vllm_service.command_options import ConfigOption, load_config, parse_time
+from vllm_service.config import Settings
 from vllm_service.storage import Database, DatabaseError
 
 db_app = typer.Typer(help="The service's database (the cost ledger).", no_args_is_help=True)
 cost_app = typer.Typer(help="Costs from the ledger, and projections.", no_args_is_help=True)
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file (as for serve).")
-]
-_SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
 
 
 def _database(settings: Settings) -> Database:
@@ -46,24 +32,10 @@ def _database(settings: Settings) -> Database:
         raise typer.Exit(code=2) from exc
 
 
-def parse_time(value: str, now: float) -> float:
-    """'30d', '12h', '90m' before now, or an ISO 8601 date/time (UTC unless it says)."""
-    match = _SPAN.match(value)
-    if match:
-        return now - float(match[1]) * _UNIT[match[2]]
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r}: give 30d, 12h, or an ISO date") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Create or migrate the ledger's schema (serve does this at start too)."""
-    db = _database(_settings(config))
+    db = _database(load_config(config))
 
     async def run() -> None:
         try:
@@ -117,7 +89,7 @@ def report(
         raise typer.BadParameter("--by must be model, day or key")
     if output not in ("table", "json", "csv"):
         raise typer.BadParameter("--format must be table, json or csv")
-    settings = _settings(config)
+    settings = load_config(config)
     now = time.time()
     reports = asyncio.run(
         _reports(_database(settings), _hardware(settings), parse_time(since, now), now, by)
@@ -184,7 +156,7 @@ def purge(
     config: ConfigOption = None,
 ) -> None:
     """Delete ledger rows older than a time."""
-    settings = _settings(config)
+    settings = load_config(config)
     cutoff = parse_time(before, time.time())
     db = _database(settings)
 
@@ -209,40 +181,8 @@ def project(
     config: ConfigOption = None,
 ) -> None:
     """Monthly cost here (the configured hardware) and at each hosted reference, break-even."""
-    settings = _settings(config)
+    settings = load_config(config)
     hardware = _hardware(settings)
     prices = PriceTable([HostedPrice(**h.model_dump()) for h in settings.cost.hosted])
     result = projection(hardware, prices, monthly_tokens, output_share, tokens_per_request)
     typer.echo(json.dumps(result, indent=2))
-
-
-def projection(
-    hardware: HardwareCost,
-    prices: PriceTable,
-    monthly_tokens: float,
-    output_share: float,
-    tokens_per_request: float | None = None,
-) -> dict[str, Any]:
-    """A month at a stated volume: local cost (the hardware, whatever the volume) against each
-    hosted reference's list price for those tokens, the break-even volume and cost/request."""
-    local = hardware.per_hour * HOURS_PER_MONTH if hardware.per_hour > 0 else None
-    today = datetime.now(UTC).date()
-    out: dict[str, Any] = {"monthly_tokens": monthly_tokens, "local_monthly_usd": local}
-    references = {}
-    for price in prices.on(today):
-        prompt = monthly_tokens * (1 - output_share)
-        hosted = price.cost(round(prompt), round(monthly_tokens - prompt))
-        per_token = hosted / monthly_tokens
-        entry: dict[str, Any] = {
-            "price_version": price.version,
-            "hosted_monthly_usd": hosted,
-            "savings_monthly_usd": None if local is None else hosted - local,
-            "break_even_tokens_per_month": None if local is None else local / per_token,
-        }
-        if tokens_per_request:
-            requests = monthly_tokens / tokens_per_request
-            entry["hosted_per_request_usd"] = hosted / requests
-            entry["local_per_request_usd"] = None if local is None else local / requests
-        references[price.name] = entry
-    out["references"] = references
-    return out

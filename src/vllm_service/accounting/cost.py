@@ -9,7 +9,8 @@ A hosted API charges per token, input and output priced apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
+from typing import Any
 
 HOURS_PER_MONTH = 730.0
 
@@ -122,6 +123,8 @@ class PriceTable:
         self._prices = sorted(prices, key=lambda p: p.effective_from)
         #: Reference names, in the configuration's order (the first is the metrics' one).
         self.references = list(dict.fromkeys(p.name for p in prices))
+        #: ``on``'s answer for the last day asked (asked per request).
+        self._day: tuple[date, list[HostedPrice]] | None = None
 
     def at(self, name: str, day: date) -> HostedPrice:
         """The price of ``name`` in effect on ``day`` (its earliest one before any took effect)."""
@@ -133,4 +136,38 @@ class PriceTable:
 
     def on(self, day: date) -> list[HostedPrice]:
         """Every reference's price in effect on ``day``, in the configuration's order."""
-        return [self.at(name, day) for name in self.references]
+        if self._day is None or self._day[0] != day:
+            self._day = (day, [self.at(name, day) for name in self.references])
+        return self._day[1]
+
+
+def projection(
+    hardware: HardwareCost,
+    prices: PriceTable,
+    monthly_tokens: float,
+    output_share: float,
+    tokens_per_request: float | None = None,
+) -> dict[str, Any]:
+    """A month at a stated volume: local cost (the hardware, whatever the volume) against each
+    hosted reference's list price for those tokens, the break-even volume and cost/request."""
+    local = hardware.per_hour * HOURS_PER_MONTH if hardware.per_hour > 0 else None
+    today = datetime.now(UTC).date()
+    out: dict[str, Any] = {"monthly_tokens": monthly_tokens, "local_monthly_usd": local}
+    references = {}
+    for price in prices.on(today):
+        prompt = monthly_tokens * (1 - output_share)
+        hosted = price.cost(round(prompt), round(monthly_tokens - prompt))
+        per_token = hosted / monthly_tokens
+        entry: dict[str, Any] = {
+            "price_version": price.version,
+            "hosted_monthly_usd": hosted,
+            "savings_monthly_usd": None if local is None else hosted - local,
+            "break_even_tokens_per_month": None if local is None else local / per_token,
+        }
+        if tokens_per_request:
+            requests = monthly_tokens / tokens_per_request
+            entry["hosted_per_request_usd"] = hosted / requests
+            entry["local_per_request_usd"] = None if local is None else local / requests
+        references[price.name] = entry
+    out["references"] = references
+    return out

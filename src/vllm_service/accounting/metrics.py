@@ -190,12 +190,15 @@ class Metrics:
         if rec.device is not None and rec.cache != "hit":
             self.device_requests.labels(rec.device).inc()
         if rec.status < 400:
+            hosted = self.hosted.cost(rec.prompt_tokens, rec.completion_tokens)
             for price in self.references:
-                cost = price.cost(rec.prompt_tokens, rec.completion_tokens)
+                cost = (
+                    hosted
+                    if price is self.hosted
+                    else price.cost(rec.prompt_tokens, rec.completion_tokens)
+                )
                 self.hosted_by_reference[price.name] += cost
-            self.hosted_cost.labels(model).inc(
-                self.hosted.cost(rec.prompt_tokens, rec.completion_tokens)
-            )
+            self.hosted_cost.labels(model).inc(hosted)
         self.prompt_tokens.labels(model).inc(rec.prompt_tokens)
         self.cached_prompt_tokens.labels(model).inc(rec.cached_tokens)
         if rec.cache == "hit":

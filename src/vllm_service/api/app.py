@@ -53,7 +53,7 @@ def create_app(
     cache = ResponseCache(settings.cache) if settings.cache.enabled else None
     manager = ModelManager(settings.models, engine_factory, cache=cache)
     ledger = _ledger(settings)
-    gate = build_gate(settings)
+    gate = build_gate(settings, ledger.db if ledger is not None else None)
     otel = _telemetry(settings.observability, telemetry)
     app = _new_app(_lifespan(manager, ledger, gate, on_fatal), otel, gate)
     provider = otel.get("tracer_provider") or trace.get_tracer_provider()
@@ -165,7 +165,9 @@ def _lifespan(
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if gate is not None:
+        # The keys' database is the ledger's when the ledger runs (it migrates and closes it).
+        own_db = gate is not None and (ledger is None or gate.keys.db is not ledger.db)
+        if gate is not None and own_db:
             try:
                 await gate.keys.db.upgrade()
             except DatabaseError as exc:
@@ -194,7 +196,7 @@ def _lifespan(
             await manager.stop()
             if ledger is not None:
                 await ledger.stop()
-            if gate is not None:
+            if gate is not None and own_db:
                 await gate.keys.db.close()
 
     return lifespan

@@ -236,16 +236,16 @@ async def _check_budget(
         rec.finishers.append(release)
 
 
-def build_gate(settings: Settings) -> AuthGate | None:
-    """The gate auth.enabled asks for (None when off); a static key whose variable is unset
-    is a configuration error."""
+def build_gate(settings: Settings, db: Database | None = None) -> AuthGate | None:
+    """The gate auth.enabled asks for (None when off), on ``db`` (the ledger's, when it runs:
+    one pool) or its own; a static key whose variable is unset is a configuration error."""
     auth = settings.auth
     if not auth.enabled:
         return None
     explicit = auth.secret.get_secret_value() if auth.secret is not None else None
     try:
         secret = load_secret(explicit, settings.ledger.data_dir / "auth-secret")
-        db = Database(settings.ledger.database_url())
+        db = db or Database(settings.ledger.database_url())
     except OSError as exc:
         raise ConfigError(f"auth.secret: cannot keep the server secret: {exc}") from None
     except DatabaseError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import ClassVar
 
 from pydantic import BaseModel
 
@@ -83,45 +84,27 @@ class Pending:
         return b"".join(events)
 
 
-class _Frame:
-    """A chunk model serialized without choices, split where each chunk's choice goes."""
+class _Chunks:
+    """A streamed response's chunk model, serialized once without choices and split where
+    each chunk's choice goes; the chunks of one response are that frame around a choice."""
 
-    def __init__(self, empty: BaseModel, include_usage: bool) -> None:
-        text = empty.model_dump_json(exclude=None if include_usage else {"usage"}).encode()
-        head, tail = text.split(_NO_CHOICES, 1)
-        self._head = b"data: " + head + b'"choices":['
-        self._tail = b"]" + tail + b"\n\n"
-
-    def event(self, choice: BaseModel) -> bytes:
-        return self._head + type(choice).__pydantic_serializer__.to_json(choice) + self._tail
-
-
-class ChatChunks:
-    """The chunks of one streamed chat completion (``chat.completion.chunk``)."""
+    chunk_model: ClassVar[type[ChatCompletionChunk] | type[CompletionResponse]]
 
     def __init__(self, request_id: str, created: int, model: str, include_usage: bool) -> None:
-        self._empty = ChatCompletionChunk(
+        self._empty = self.chunk_model(
             id=request_id,
             created=created,
             model=model,
             choices=[],
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
-        self._frame = _Frame(self._empty, include_usage)
+        text = self._empty.model_dump_json(exclude=None if include_usage else {"usage"}).encode()
+        head, tail = text.split(_NO_CHOICES, 1)
+        self._head = b"data: " + head + b'"choices":['
+        self._tail = b"]" + tail + b"\n\n"
 
-    def role(self, index: int) -> bytes:
-        """A choice's first chunk: the assistant role, no content yet."""
-        delta = ChatDelta(role="assistant", content="")
-        return self._frame.event(ChatChunkChoice(index=index, delta=delta))
-
-    def content(self, index: int, text: str, logprobs: ChoiceLogprobs | None) -> bytes:
-        delta = ChatDelta(content=text)
-        return self._frame.event(ChatChunkChoice(index=index, delta=delta, logprobs=logprobs))
-
-    def finish(self, index: int, reason: FinishReason) -> bytes:
-        delta = ChatDelta()
-        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason(reason))
-        return self._frame.event(choice)
+    def _event(self, choice: BaseModel) -> bytes:
+        return self._head + type(choice).__pydantic_serializer__.to_json(choice) + self._tail
 
     def usage(self, usage: UsageInfo, cost: CostInfo | None = None) -> bytes:
         """The last chunk when the client asked for usage: no choices, the whole usage (and
@@ -130,18 +113,30 @@ class ChatChunks:
         return sse(chunk.model_dump_json())
 
 
-class CompletionChunks:
+class ChatChunks(_Chunks):
+    """The chunks of one streamed chat completion (``chat.completion.chunk``)."""
+
+    chunk_model = ChatCompletionChunk
+
+    def role(self, index: int) -> bytes:
+        """A choice's first chunk: the assistant role, no content yet."""
+        delta = ChatDelta(role="assistant", content="")
+        return self._event(ChatChunkChoice(index=index, delta=delta))
+
+    def content(self, index: int, text: str, logprobs: ChoiceLogprobs | None) -> bytes:
+        delta = ChatDelta(content=text)
+        return self._event(ChatChunkChoice(index=index, delta=delta, logprobs=logprobs))
+
+    def finish(self, index: int, reason: FinishReason) -> bytes:
+        delta = ChatDelta()
+        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason(reason))
+        return self._event(choice)
+
+
+class CompletionChunks(_Chunks):
     """The chunks of one streamed legacy completion (``text_completion``)."""
 
-    def __init__(self, request_id: str, created: int, model: str, include_usage: bool) -> None:
-        self._empty = CompletionResponse(
-            id=request_id,
-            created=created,
-            model=model,
-            choices=[],
-            system_fingerprint=SYSTEM_FINGERPRINT,
-        )
-        self._frame = _Frame(self._empty, include_usage)
+    chunk_model = CompletionResponse
 
     def text(
         self,
@@ -156,11 +151,7 @@ class CompletionChunks:
             logprobs=logprobs,
             finish_reason=finish_reason(reason) if reason is not None else None,
         )
-        return self._frame.event(choice)
-
-    def usage(self, usage: UsageInfo, cost: CostInfo | None = None) -> bytes:
-        chunk = self._empty.model_copy(update={"usage": usage, "cost_info": cost})
-        return sse(chunk.model_dump_json())
+        return self._event(choice)
 
 
 def chat_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> ChoiceLogprobs:

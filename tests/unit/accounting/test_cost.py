@@ -7,8 +7,13 @@ from datetime import date
 
 import pytest
 
-from vllm_service.accounting.cost import HOURS_PER_MONTH, HardwareCost, HostedPrice, PriceTable
-from vllm_service.ledger_commands import projection
+from vllm_service.accounting.cost import (
+    HOURS_PER_MONTH,
+    HardwareCost,
+    HostedPrice,
+    PriceTable,
+    projection,
+)
 
 
 def test_owned_hardware_is_amortized_with_its_power_and_monthly_lines() -> None:
