@@ -17,21 +17,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx2
-
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_basics import free_port, service_command, start_configured
-
-MODEL = "smollm2-135m-instruct"
-BODY = {
-    "model": MODEL,
-    "messages": [{"role": "user", "content": "Say yes."}],
-    "max_tokens": 4,
-    "temperature": 0,
-}
+from serve_basics import cached_rounds, free_port, service_command, start_configured
 
 
 def main() -> None:
@@ -79,29 +68,17 @@ def main() -> None:
         check=True,
     )
     key = made.stdout.split()[0]
-    targets = {
+    started = {
         "auth off": start_configured("off", base, work, env),
         "auth, memory limits": start_configured("memory", {**base, "auth": on}, work, env),
         "auth, redis limits": start_configured("redis", {**base, "auth": redis_auth}, work, env),
     }
-    headers = {"authorization": f"Bearer {key}"}
-    rounds: dict[str, list[float]] = {name: [] for name in targets}
     try:
-        with httpx2.Client(timeout=60, headers=headers) as http:
-            for _, url in targets.values():
-                for _ in range(20):
-                    assert http.post(f"{url}/v1/chat/completions", json=BODY).status_code == 200
-            for _ in range(args.rounds):
-                for name, (_, url) in targets.items():
-                    times = []
-                    for _ in range(args.requests):
-                        t = time.perf_counter()
-                        r = http.post(f"{url}/v1/chat/completions", json=BODY)
-                        times.append(time.perf_counter() - t)
-                        assert r.status_code == 200
-                    rounds[name].append(statistics.median(times) * 1e3)
+        urls = {name: url for name, (_, url) in started.items()}
+        headers = {"authorization": f"Bearer {key}"}
+        rounds = cached_rounds(urls, args.rounds, args.requests, headers)
     finally:
-        for proc, _ in targets.values():
+        for proc, _ in started.values():
             proc.terminate()
             proc.wait()
         redis.terminate()

@@ -14,21 +14,10 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx2
-
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_basics import start_configured
-
-MODEL = "smollm2-135m-instruct"
-BODY = {
-    "model": MODEL,
-    "messages": [{"role": "user", "content": "Say yes."}],
-    "max_tokens": 4,
-    "temperature": 0,
-}
+from serve_basics import cached_rounds, start_configured
 
 
 def main() -> None:
@@ -45,28 +34,15 @@ def main() -> None:
             "observability": {"log_requests": False},
         }
 
-    targets = {
+    started = {
         "ledger on": start_configured("on", config(True, "on"), work),
         "ledger off": start_configured("off", config(False, "off"), work),
     }
-    rounds: dict[str, list[float]] = {name: [] for name in targets}
     try:
-        with httpx2.Client(timeout=60) as http:
-            for _, url in targets.values():
-                for _ in range(20):  # warm-up; fills the cache
-                    assert http.post(f"{url}/v1/chat/completions", json=BODY).status_code == 200
-            for _ in range(args.rounds):
-                for name, (_, url) in targets.items():
-                    times = []
-                    for _ in range(args.requests):
-                        t = time.perf_counter()
-                        r = http.post(f"{url}/v1/chat/completions", json=BODY)
-                        times.append(time.perf_counter() - t)
-                        assert r.status_code == 200
-                        assert r.headers["x-cache"] == "hit"
-                    rounds[name].append(statistics.median(times) * 1e3)
+        urls = {name: url for name, (_, url) in started.items()}
+        rounds = cached_rounds(urls, args.rounds, args.requests)
     finally:
-        for proc, _ in targets.values():
+        for proc, _ in started.values():
             proc.terminate()
             proc.wait()
     print(f"{args.rounds} rounds x {args.requests} cached chat requests; p50 per round, ms")

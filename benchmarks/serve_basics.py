@@ -85,6 +85,39 @@ def start_configured(
     raise RuntimeError(f"{name} not ready")
 
 
+#: A cheap chat request: answered from the response cache once it has been seen.
+CACHED_BODY = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Say yes."}],
+    "max_tokens": 4,
+    "temperature": 0,
+}
+
+
+def cached_rounds(
+    targets: dict[str, str], rounds: int, requests: int, headers: dict[str, str] | None = None
+) -> dict[str, list[float]]:
+    """Rounds of ``requests`` cached chat requests to each target in turn (the machine's drift
+    hits them alike); each round's p50 in ms, per target."""
+    p50s: dict[str, list[float]] = {name: [] for name in targets}
+    with httpx2.Client(timeout=60, headers=headers) as http:
+        for url in targets.values():
+            for _ in range(20):  # warm-up; fills the cache
+                r = http.post(f"{url}/v1/chat/completions", json=CACHED_BODY)
+                assert r.status_code == 200, r.text
+        for _ in range(rounds):
+            for name, url in targets.items():
+                times = []
+                for _ in range(requests):
+                    t = time.perf_counter()
+                    r = http.post(f"{url}/v1/chat/completions", json=CACHED_BODY)
+                    times.append(time.perf_counter() - t)
+                    assert r.status_code == 200
+                    assert r.headers["x-cache"] == "hit"
+                p50s[name].append(statistics.median(times) * 1e3)
+    return p50s
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its threads (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
