@@ -241,3 +241,12 @@ def _bench_command() -> None:
 
 
 _bench_command()
+
+
+def _eval_command() -> None:
+    from vllm_service.quality.command import eval_command
+
+    app.command("eval")(eval_command)
+
+
+_eval_command()

@@ -23,6 +23,7 @@ from vllm_service.config.models import (
     ModelConfig,
     RetryConfig,
 )
+from vllm_service.config.quality import AbTestConfig, QualityConfig
 from vllm_service.config.service import (
     DEFAULT_HOST,
     DEFAULT_MAX_REQUEST_BODY_BYTES,
@@ -43,6 +44,7 @@ __all__ = [
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
     "DEFAULT_MODEL_NAME",
     "DEFAULT_PORT",
+    "AbTestConfig",
     "AuditConfig",
     "AuthConfig",
     "BreakerConfig",
@@ -56,6 +58,7 @@ __all__ = [
     "ModelCacheConfig",
     "ModelConfig",
     "ObservabilityConfig",
+    "QualityConfig",
     "RetryConfig",
     "SemanticCacheConfig",
     "ServerConfig",
@@ -89,6 +92,10 @@ class Settings(BaseSettings):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    ab_tests: list[AbTestConfig] = Field(
+        default_factory=list, description="Public model names split between two models."
+    )
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
 
     @field_validator("models")

@@ -31,6 +31,8 @@ class Case:
     answer: str
     reference: str | None = None
     finish_reason: str | None = "stop"
+    #: How the reference ended: a reference cut at max_tokens expects no more of the answer.
+    reference_finish_reason: str | None = "stop"
     content_class: str | None = None
     #: response_format: a JSON object was asked for (json_object or json_schema).
     json_requested: bool = False

@@ -82,7 +82,9 @@ class Evaluator:
         expected = dict(self._targets)
         if case.reference is not None:
             own = self.dimension_scores(
-                dataclasses.replace(case, answer=case.reference, finish_reason="stop")
+                dataclasses.replace(
+                    case, answer=case.reference, finish_reason=case.reference_finish_reason
+                )
             )
             for name, level in own.items():
                 expected[name] = min(expected[name], level)
