@@ -22,19 +22,21 @@ from vllm_service.accounting.ledger import Ledger, LedgerSettings
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import configure_request_log
 from vllm_service.accounting.tracing import TRACER_NAME
-from vllm_service.api import cost, openai, ops, tokenize
+from vllm_service.api import cost, openai, ops, quality, tokenize
 from vllm_service.api.auth import AuthGate, authorize, build_gate, open_docs
 from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.errors import BodySizeLimit, install_error_handlers
 from vllm_service.api.observe import Observe
+from vllm_service.api.quality import QualityState, build_quality
 from vllm_service.auth import Permission, requires
 from vllm_service.config import ConfigError, ModelConfig, ObservabilityConfig, Settings
 from vllm_service.engine import Engine
 from vllm_service.manager import ModelManager, ResponseCache, build_engine
+from vllm_service.quality.monitor import QualityCollector
 from vllm_service.storage import DatabaseError
 
 #: Every router of the app, in the order they are matched.
-ROUTERS = (*openai.ROUTERS, ops.router, tokenize.router, cost.router)
+ROUTERS = (*openai.ROUTERS, ops.router, tokenize.router, cost.router, quality.router)
 
 
 def create_app(
@@ -55,7 +57,9 @@ def create_app(
     ledger = _ledger(settings)
     gate = build_gate(settings, ledger.db if ledger is not None else None)
     otel = _telemetry(settings.observability, telemetry)
-    app = _new_app(_lifespan(manager, ledger, gate, on_fatal), otel, gate)
+    scoring = build_quality(settings, manager)
+    app = _new_app(_lifespan(manager, ledger, gate, scoring, on_fatal), otel, gate)
+    app.state.quality = scoring
     provider = otel.get("tracer_provider") or trace.get_tracer_provider()
     tracer = provider.get_tracer(TRACER_NAME, __version__)
     app.state.tracer = manager.tracer = tracer
@@ -161,6 +165,7 @@ def _lifespan(
     manager: ModelManager,
     ledger: Ledger | None,
     gate: AuthGate | None,
+    scoring: QualityState,
     on_fatal: Callable[[BaseException], None] | None,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
@@ -189,10 +194,14 @@ def _lifespan(
 
         # Load in the background so /health answers and /ready says 503 while weights load.
         loading = asyncio.create_task(load())
+        if scoring.shadow is not None:
+            scoring.shadow.start()
         try:
             yield
         finally:
             await loading
+            if scoring.shadow is not None:
+                await scoring.shadow.stop()
             await manager.stop()
             if ledger is not None:
                 await ledger.stop()
@@ -244,6 +253,8 @@ def _observe(
         slo=obs.slo,
         max_samples=obs.latency_samples_per_model,
     )
+    scoring: QualityState = app.state.quality
+    metrics.registry.register(QualityCollector(scoring.monitor))
     if not obs.enabled:
         return
     if obs.log_requests:

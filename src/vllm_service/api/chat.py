@@ -101,7 +101,7 @@ async def create_chat_completion(
     server: Server,
 ) -> Response:
     check_common(body, server)
-    served = resolve_model(request, manager, body.model)
+    served = resolve_model(request, manager, body.model, body.user)
     request_id = new_id("chatcmpl")
     requests = _requests(body, request_id)
     started = await start(request, manager, served, requests, stream=body.stream, user=body.user)

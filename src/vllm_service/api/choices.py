@@ -35,8 +35,10 @@ class ChoiceStreams:
         self.usage = usage if usage is not None else UsageTally()
         #: Called with each choice's index and final delta (usage, timing) as it passes.
         self._on_final = on_final
-        #: Each choice's text as it passed, when kept (the audit trail's content).
+        #: Each choice's text as it passed, when kept (the audit trail's content, the
+        #: quality shadow), and its finish reason.
         self.texts: list[list[str]] | None = None
+        self.finishes: list[str | None] = [None] * len(self._answers)
 
     def keep_text(self) -> None:
         self.texts = [[] for _ in self._answers]
@@ -78,6 +80,7 @@ class ChoiceStreams:
         if self.texts is not None:
             self.texts[index].append(delta.text)
         if delta.finish_reason is not None:
+            self.finishes[index] = delta.finish_reason
             if delta.usage is not None:
                 self.usage.add(index, delta.usage)
             if self._on_final is not None:

@@ -107,7 +107,7 @@ async def create_completion(
     server: Server,
 ) -> Response:
     prompts = _check(body, server)
-    served = resolve_model(request, manager, body.model)
+    served = resolve_model(request, manager, body.model, body.user)
     request_id = new_id("cmpl")
     requests = _requests(body, prompts, request_id)
     started = await start(

@@ -26,6 +26,7 @@ from vllm_service.api.encoders import DONE, Pending, stream_error, stream_failur
 from vllm_service.api.errors import APIError, InvalidRequest, ModelNotFound
 from vllm_service.api.observe import record_of
 from vllm_service.api.protocol import CostInfo, PromptTokensDetails, SamplingFields, UsageInfo
+from vllm_service.api.quality import ab_route, watch
 from vllm_service.api.timing import ServerTiming, wants_timing
 from vllm_service.auth.audit import record_content
 from vllm_service.config import ServerConfig
@@ -68,9 +69,13 @@ Manager = Annotated[ModelManager, Depends(get_manager)]
 Server = Annotated[ServerConfig, Depends(get_server_config)]
 
 
-def resolve_model(request: Request, manager: ModelManager, model: str) -> ServedModel:
-    """The served model a request names; 404 for a model the caller's key may not use (the
-    same answer as a model that does not exist: no existence leak)."""
+def resolve_model(
+    request: Request, manager: ModelManager, model: str, user: str | None = None
+) -> ServedModel:
+    """The served model a request names (an A/B test's name: the caller's arm); 404 for a
+    model the caller's key may not use (the same answer as a model that does not exist: no
+    existence leak)."""
+    model = ab_route(request, model, user)
     tracer: trace.Tracer = request.app.state.tracer
     with tracer.start_as_current_span("vllm.route", attributes={"vllm.requested_model": model}):
         try:
@@ -215,6 +220,7 @@ async def start(
         ChoiceStreams.start(starts, usage, on_final if rec or timing else None),
     )
     _keep_content(request, requests, streams)
+    watch(request, manager, served, requests, streams)
     summary = Served.of(streams.routes)
     if timing is not None:
         timing.routes = streams.routes

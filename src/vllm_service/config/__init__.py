@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from vllm_service.config.auth import AuditConfig, AuthConfig, JwtConfig, StaticKeyConfig
@@ -124,6 +124,26 @@ class Settings(BaseSettings):
                 if owner[fallback] == model.name:
                     raise ValueError(f"model {model.name!r} cannot fall back to itself")
         return models
+
+    @model_validator(mode="after")
+    def _quality_names(self) -> Settings:
+        names = {name for m in self.models for name in m.all_names}
+        shadow = self.quality.shadow
+        if shadow.enabled and shadow.reference_model is None:
+            raise ValueError("quality.shadow.reference_model: name the reference model")
+        wanted = [*shadow.models] + ([shadow.reference_model] if shadow.reference_model else [])
+        for name in wanted:
+            if name not in names:
+                raise ValueError(f"quality.shadow: {name!r} is not a configured model")
+        seen: set[str] = set()
+        for test in self.ab_tests:
+            if test.name in names or test.name in seen:
+                raise ValueError(f"ab_tests: {test.name!r} is already a model or a test name")
+            seen.add(test.name)
+            models = [arm.model for arm in test.arms]
+            if len(set(models)) != len(models) or not set(models) <= names:
+                raise ValueError(f"ab_tests.{test.name}: arms must be two different models")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -3,9 +3,9 @@ shadow gate, and A/B tests (docs/quality.md)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from vllm_service.config.models import _Strict
 
@@ -36,22 +36,23 @@ class DimensionConfig(_Strict):
     target: float = Field(gt=0, le=1, description="The score this dimension must reach.")
 
 
-def _dimensions(**weights: tuple[float, float]) -> dict[Dimension, DimensionConfig]:
-    return {
-        name: DimensionConfig(weight=w, target=t)  # type: ignore[misc]
-        for name, (w, t) in weights.items()
-    }
+def _dim(weight: float, target: float) -> Any:
+    return Field(default_factory=lambda: DimensionConfig(weight=weight, target=target))
 
 
-#: The architecture's six dimensions: weight and target.
-DEFAULT_DIMENSIONS = _dimensions(
-    semantic_similarity=(0.20, 0.85),
-    structure_quality=(0.20, 0.80),
-    engagement_score=(0.15, 0.75),
-    technical_accuracy=(0.20, 0.90),
-    coherence_score=(0.15, 0.85),
-    completeness=(0.10, 0.80),
-)
+class DimensionsConfig(_Strict):
+    """The architecture's six dimensions with their default weight and target."""
+
+    semantic_similarity: DimensionConfig = _dim(0.20, 0.85)
+    structure_quality: DimensionConfig = _dim(0.20, 0.80)
+    engagement_score: DimensionConfig = _dim(0.15, 0.75)
+    technical_accuracy: DimensionConfig = _dim(0.20, 0.90)
+    coherence_score: DimensionConfig = _dim(0.15, 0.85)
+    completeness: DimensionConfig = _dim(0.10, 0.80)
+
+    def items(self) -> list[tuple[Dimension, DimensionConfig]]:
+        return [(d, getattr(self, d)) for d in DIMENSIONS]
+
 
 #: Per-class weights: engagement is what a social post is for, and says little about code or
 #: an explanation; what it weighed goes to the dimensions that matter there.
@@ -161,10 +162,7 @@ class AbTestConfig(_Strict):
 class QualityConfig(_Strict):
     """Scores, content classes, the shadow gate and A/B tests."""
 
-    dimensions: dict[Dimension, DimensionConfig] = Field(
-        default_factory=lambda: dict(DEFAULT_DIMENSIONS),
-        description="Weight and target per dimension (missing ones keep the defaults).",
-    )
+    dimensions: DimensionsConfig = Field(default_factory=DimensionsConfig)
     class_weights: dict[ContentClass, dict[Dimension, float]] = Field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_CLASS_WEIGHTS.items()},
         description="Per content class, weights that replace the dimension's own.",
@@ -181,11 +179,6 @@ class QualityConfig(_Strict):
     )
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
-
-    @field_validator("dimensions")
-    @classmethod
-    def _complete(cls, dims: dict[Dimension, DimensionConfig]) -> dict[Dimension, DimensionConfig]:
-        return {**DEFAULT_DIMENSIONS, **dims}
 
     def weights_for(self, content_class: ContentClass | None) -> dict[Dimension, float]:
         weights = {d: c.weight for d, c in self.dimensions.items()}

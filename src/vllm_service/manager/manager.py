@@ -102,6 +102,15 @@ class ModelManager:
         }
         self.startup_error: BaseException | None = None
         self._devices: dict[str, str] = {}
+        #: Models whose traffic goes to their fallbacks first (the quality gate holds them).
+        self.held: set[str] = set()
+
+    def hold(self, model: str, held: bool) -> None:
+        """Send a model's traffic to its fallbacks first (held), or back to it."""
+        if held:
+            self.held.add(model)
+        else:
+            self.held.discard(model)
 
     @staticmethod
     def _log_transition(name: str, old: object, new: object) -> None:
@@ -166,12 +175,18 @@ class ModelManager:
         req: GenerationRequest,
         cache_control: CacheControl = CacheControl.USE,
         group: object = None,
+        *,
+        probe: bool = False,
     ) -> Answer:
         """Start the sequence: from the cache, a deployment, or a fallback, in that order.
 
         Returns once its first delta is in hand; raises the last EngineError when nothing can
         answer. The choices of one request share ``group``: they never wait for each other.
+        A ``probe`` asks the model's own deployments only, held or not, and no cache (the
+        quality gate measuring a held model).
         """
+        if probe:
+            return await self._from_deployments(served, req, None, probe=True)
         cache = self.cache
         lookup = None
         if cache is not None and cache_control is not CacheControl.BYPASS:
@@ -215,11 +230,21 @@ class ModelManager:
         return Answer(route, answer.delta())
 
     async def _from_deployments(
-        self, served: ServedModel, req: GenerationRequest, step: CacheStep | None
+        self,
+        served: ServedModel,
+        req: GenerationRequest,
+        step: CacheStep | None,
+        *,
+        probe: bool = False,
     ) -> Answer:
-        """The model's deployments, then a stale cached answer, then the fallback models."""
+        """The model's deployments, then a stale cached answer, then the fallback models; a
+        held model's fallbacks first, then its own deployments."""
         deadline = self._clock() + served.config.retry.deadline
         chain = [served, *(self.resolve(name) for name in served.config.fallbacks)]
+        if probe:
+            chain = [served]
+        elif served.config.name in self.held and len(chain) > 1:
+            chain = [*chain[1:], served]
         error: EngineError | None = None
         for model in chain:
             try:

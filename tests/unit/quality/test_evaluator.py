@@ -7,7 +7,12 @@ import dataclasses
 
 import pytest
 
-from vllm_service.config.quality import DIMENSIONS, DimensionConfig, QualityConfig
+from vllm_service.config.quality import (
+    DIMENSIONS,
+    DimensionConfig,
+    DimensionsConfig,
+    QualityConfig,
+)
 from vllm_service.manager.semantic import WordLlamaEmbedder
 from vllm_service.quality.agreement import (
     agreement,
@@ -47,16 +52,18 @@ def test_the_class_picks_the_weights(evaluator: Evaluator) -> None:
 def test_weights_and_targets_are_configurable() -> None:
     only_coherence = {d: DimensionConfig(weight=0.0, target=0.5) for d in DIMENSIONS}
     only_coherence["coherence_score"] = DimensionConfig(weight=1.0, target=0.5)
-    config = QualityConfig(dimensions=only_coherence, class_weights={})
+    config = QualityConfig(dimensions=DimensionsConfig(**only_coherence), class_weights={})
     score = Evaluator(config, None).score(Case("q", "fine words here today", reference="x y"))
     assert score.overall == 1.0
     assert "semantic_similarity" not in score.dimensions  # no embedder: not scored
 
 
 def test_partial_dimension_config_keeps_the_other_defaults() -> None:
-    config = QualityConfig(dimensions={"completeness": DimensionConfig(weight=0.5, target=0.5)})
-    assert config.dimensions["semantic_similarity"].weight == 0.20
-    assert config.dimensions["completeness"].target == 0.5
+    config = QualityConfig.model_validate(
+        {"dimensions": {"completeness": {"weight": 0.5, "target": 0.5}}}
+    )
+    assert config.dimensions.semantic_similarity.weight == 0.20
+    assert config.dimensions.completeness.target == 0.5
 
 
 def test_each_scorer_agrees_with_the_hand_labels(evaluator: Evaluator) -> None:
