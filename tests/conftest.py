@@ -157,6 +157,66 @@ def start_service(
     return service
 
 
+class Prometheus:
+    """A real Prometheus server scraping services every second (its HTTP API queried)."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+
+    def query(self, promql: str) -> dict[str, Any]:
+        r = httpx2.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5)
+        body: dict[str, Any] = r.json()
+        return body
+
+    def wait_for(self, promql: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """The query's result once it is not empty (fails after ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                result: list[dict[str, Any]] = self.query(promql)["data"]["result"]
+                if result:
+                    return result
+            except (httpx2.TransportError, KeyError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Prometheus returned nothing for {promql!r}")
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def prometheus(tmp_path: Path, *targets: int) -> Iterator[Prometheus]:
+    """Prometheus (the Debian package) scraping 127.0.0.1:<target>/metrics each second."""
+    binary = system_binary("prometheus", "prometheus")
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "vllm-service",
+                "static_configs": [{"targets": [f"127.0.0.1:{t}" for t in targets]}],
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    log = (tmp_path / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield Prometheus(port)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
 @contextlib.contextmanager
 def serve_in_thread(app: Any, port: int) -> Iterator[None]:
     """Run an ASGI app (a test upstream) with uvicorn on a thread of this process."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL, Service, free_port, start_service, system_binary
+from tests.conftest import MODEL, Service, prometheus, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -211,18 +210,6 @@ def test_dashboards_and_alerts_name_only_exported_metrics(observed: Service) -> 
 
 def test_prometheus_scrapes_the_service(observed: Service, tmp_path: Path) -> None:
     """A real Prometheus server scrapes /metrics; PromQL returns the count we sent."""
-    binary = system_binary("prometheus", "prometheus")
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": "vllm-service",
-                "static_configs": [{"targets": [f"127.0.0.1:{observed.port}"]}],
-            }
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     with httpx2.Client(base_url=observed.base_url, timeout=60) as http:
         before = value(
             scrape(observed),
@@ -234,42 +221,13 @@ def test_prometheus_scrapes_the_service(observed: Service, tmp_path: Path) -> No
         for _ in range(3):
             r = http.post("/v1/completions", json={"model": MODEL, "prompt": "A", "max_tokens": 2})
             assert r.status_code == 200
-    log = (tmp_path / "prometheus.log").open("wb")
-    prom = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     query = f'sum(vllm_requests_total{{route="/v1/completions",status="200",model="{MODEL}"}})'
-    try:
-        deadline = time.monotonic() + 60
-        result = None
-        while time.monotonic() < deadline:
-            try:
-                r = httpx2.get(
-                    f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=5
-                )
-                data = r.json()["data"]["result"]
-                if data:
-                    result = float(data[0]["value"][1])
-                    break
-            except (httpx2.TransportError, KeyError, ValueError):
-                pass
-            time.sleep(0.5)
-        assert result == before + 3
+    with prometheus(tmp_path, observed.port) as prom:
+        result = prom.wait_for(query)
+        assert float(result[0]["value"][1]) == before + 3
         # Every dashboard and alert query parses and runs in a real Prometheus.
         for q in dashboard_queries() + alert_queries():
-            r = httpx2.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": q}, timeout=5)
-            assert r.json()["status"] == "success", (q, r.text)
-    finally:
-        prom.terminate()
-        prom.wait(timeout=20)
-        log.close()
+            assert prom.query(q)["status"] == "success", q
 
 
 def test_observability_can_be_switched_off_to_measure_its_cost() -> None:
