@@ -96,3 +96,36 @@ def test_errors_are_counted_not_crashes(service: Service, tmp_path: Path) -> Non
     assert unreachable["summary"]["failed"] == 4
     assert unreachable["summary"]["errors"] == {"ConnectError": 4}
     assert "errors" in proc.stdout
+
+
+def test_quality_columns_beside_latency_and_cost(service: Service, tmp_path: Path) -> None:
+    dataset = tmp_path / "items.jsonl"
+    dataset.write_text(
+        "".join(
+            json.dumps({"prompt": f"Write one sentence about {s}.", "max_tokens": 16}) + "\n"
+            for s in ("tea", "rivers", "clocks")
+        )
+    )
+    url = f"{service.base_url}/v1"
+    proc, result = run_bench(
+        tmp_path,
+        "--endpoint", f"ours={url}",
+        "--model", MODEL,
+        "--requests", "2",
+        "--warmup", "0",
+        "--input-len", "8",
+        "--output-len", "4",
+        "--no-plots",
+        "--quality-reference", url,
+        "--quality-dataset", str(dataset),
+    )  # fmt: skip
+    assert "quality against" in proc.stdout
+    assert "weighted score" in proc.stdout
+    quality = result["quality"]
+    assert quality["items"] == 3
+    ours = quality["endpoints"]["ours"]
+    # The endpoint is its own reference here (greedy): its answers match exactly.
+    assert ours["weighted_score"] == pytest.approx(1.0)
+    assert ours["bleu"] == pytest.approx(100.0)
+    assert ours["bleu_signature"].startswith("nrefs:1|")
+    assert result["points"][0]["summary"]["completed"] == 2

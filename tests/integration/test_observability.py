@@ -201,7 +201,7 @@ def test_latency_endpoint_agrees_with_the_client(observed: Service) -> None:
 def test_dashboards_and_alerts_name_only_exported_metrics(observed: Service) -> None:
     exported = exported_names(observed)
     queries = dashboard_queries() + alert_queries()
-    assert len(DASHBOARDS) == 3
+    assert len(DASHBOARDS) == 4
     assert len(queries) > 20
     for query in queries:
         for name in re.findall(r"\bvllm_[a-z_]+\b", query):

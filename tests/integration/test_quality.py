@@ -99,6 +99,7 @@ def test_shadow_scores_a_sampled_share_without_changing_the_answers(tmp_path: Pa
                     for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
                         assert a["usage"][key] == b["usage"][key]
             body = wait_shadowed(main, MODEL, n)
+            costs = wait_ledgered(main, body["shadow"][MODEL].get("scored", 0))
         finally:
             main.stop()
     finally:
@@ -114,6 +115,24 @@ def test_shadow_scores_a_sampled_share_without_changing_the_answers(tmp_path: Pa
     assert overall["mean"] == pytest.approx(1.0)
     assert body["shadow_tokens"][MODEL]["reference_completion"] > 0
     assert "reference" not in body["models"]  # the reference itself is not scored
+    # The ledger keeps the shadow's calls apart: traffic is the 40 requests clients sent.
+    assert costs["models"][MODEL]["requests"] == n
+    assert "reference" not in costs["models"]
+    assert costs["overall"]["requests"] == n
+    assert costs["shadow_calls"]["reference"]["requests"] == scored
+    assert costs["shadow_calls"]["reference"]["completion_tokens"] > 0
+
+
+def wait_ledgered(svc: Service, shadow_calls: int, timeout: float = 30) -> dict[str, Any]:
+    """/cost-comparison once the ledger holds the shadow's calls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = httpx2.get(f"{svc.base_url}/cost-comparison", timeout=10).json()
+        got = body.get("shadow_calls", {}).get("reference", {}).get("requests", 0)
+        if got >= shadow_calls:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
 
 
 class Degradable:
@@ -263,3 +282,42 @@ def test_a_failing_reference_is_counted_and_never_reaches_the_client(tmp_path: P
         assert line in metrics
     finally:
         svc.stop()
+
+
+def test_an_ab_test_splits_callers_stickily_and_names_the_faster_arm(
+    tmp_path: Path, degradable: Degradable
+) -> None:
+    config = {
+        "models": [
+            {"name": MODEL},
+            {"name": "fast", "options": {
+                "base_url": f"http://127.0.0.1:{degradable.port}/v1", "model": "x"}},
+        ],
+        "ab_tests": [{"name": "assistant", "metric": "latency", "planned_samples": 5,
+                      "arms": [{"model": MODEL}, {"model": "fast"}]}],
+    }  # fmt: skip
+    svc = start_service(tmp_path, config)
+    try:
+        arms: dict[str, set[str]] = {}
+        with httpx2.Client(timeout=120) as http:
+            for round_ in range(2):
+                for i in range(12):
+                    body = chat("assistant", f"{SUBJECTS[i]} {round_}", user=f"user-{i}")
+                    r = http.post(f"{svc.base_url}/v1/chat/completions", json=body)
+                    assert r.status_code == 200, r.text
+                    arms.setdefault(f"user-{i}", set()).add(r.headers["x-vllm-service-deployment"])
+            report = http.get(f"{svc.base_url}/quality/ab/assistant").json()
+            missing = http.get(f"{svc.base_url}/quality/ab/nope")
+        metrics = httpx2.get(f"{svc.base_url}/metrics").text
+    finally:
+        svc.stop()
+    assert all(len(seen) == 1 for seen in arms.values())  # sticky per caller
+    assert {d for seen in arms.values() for d in seen} == {MODEL, "fast"}
+    by_model = {a["model"]: a for a in report["arms"]}
+    assert by_model[MODEL]["requests"] + by_model["fast"]["requests"] == 24
+    assert by_model["fast"]["samples"]["latency"] == by_model["fast"]["requests"]
+    assert report["status"] == "significant"
+    assert report["winner"] == "fast"  # lower latency wins
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "ab_test_not_found"
+    assert 'vllm_ab_requests_total{arm="b",model="fast",test="assistant"}' in metrics

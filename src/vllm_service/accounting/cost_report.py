@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Integer, case, cast, func, or_, select
 
 from vllm_service.accounting.cost import HOURS_PER_MONTH, HardwareCost
+from vllm_service.accounting.request_log import SHADOW_ROUTE
 from vllm_service.storage import Database, ledger, ledger_costs
 
 UNKNOWN_LOCAL = "set cost.hardware (hourly rent, or purchase price and power) to cost local tokens"
@@ -71,6 +72,9 @@ class CostReport:
     #: The most tokens generated in one minute of the period, per hour: the measured capacity
     #: (0 without traffic). Cache hits are left out: they are not the hardware's work.
     peak_tokens_per_hour: float = 0.0
+    #: The quality shadow's own calls (reference and probe answers), per model: not traffic,
+    #: so in none of the totals above.
+    shadow: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def cost_per_1k(self) -> dict[str, float | None]:
         """Local $ per 1K tokens: at the period's utilization (what it cost), and marginal at
@@ -104,6 +108,7 @@ class CostReport:
             "roi_annual": self.roi(),
             "peak_tokens_per_hour": self.peak_tokens_per_hour,
             "local_cost_per_1k_usd": self.cost_per_1k(),
+            "shadow_calls": self.shadow,
         }
         if overall.local_cost_usd is None:
             body["local_cost_unknown"] = UNKNOWN_LOCAL
@@ -181,6 +186,8 @@ async def cost_report(
     where = [ledger.c.time >= since, ledger.c.time < until]
     if model is not None:
         where.append(ledger.c.model == model)
+    shadow = await _shadow_calls(db, list(where))
+    where.append(ledger.c.route != SHADOW_ROUTE)
     group = ledger.c.key_id if by == "key" else ledger.c.model
     totals = (
         select(
@@ -227,7 +234,27 @@ async def cost_report(
             share = t.tokens / overall.tokens if overall.tokens else 0.0
             t.local_cost_usd = period_cost * share
     peak = await _peak_tokens_per_minute(db, where)
-    return CostReport(since, until, covered, hardware, overall, models, peak * 60.0)
+    return CostReport(since, until, covered, hardware, overall, models, peak * 60.0, shadow)
+
+
+async def _shadow_calls(db: Database, where: list[Any]) -> dict[str, dict[str, int]]:
+    """Requests and tokens of the quality shadow's calls, per model."""
+    query = (
+        select(
+            ledger.c.model,
+            func.count(),
+            func.sum(ledger.c.prompt_tokens),
+            func.sum(ledger.c.completion_tokens),
+        )
+        .where(*where, ledger.c.route == SHADOW_ROUTE)
+        .group_by(ledger.c.model)
+    )
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return {
+        name or "(none)": {"requests": n, "prompt_tokens": p or 0, "completion_tokens": c or 0}
+        for name, n, p, c in rows
+    }
 
 
 async def _peak_tokens_per_minute(db: Database, where: list[Any]) -> float:

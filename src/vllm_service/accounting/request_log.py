@@ -14,6 +14,11 @@ from vllm_service.engine.base import Timing, TokenDelta
 logger = logging.getLogger("vllm_service.requests")
 
 
+#: The route of a quality shadow call's ledger row (a reference answer or a probe): marked so
+#: that cost reports never count it as traffic.
+SHADOW_ROUTE = "shadow"
+
+
 def configure_request_log() -> None:
     """Request lines go to stdout as bare JSON, one per line, whatever the root format."""
     if any(getattr(h, "_vllm_service_requests", False) for h in logger.handlers):

@@ -32,6 +32,7 @@ from vllm_service.auth import Permission, requires
 from vllm_service.config import ConfigError, ModelConfig, ObservabilityConfig, Settings
 from vllm_service.engine import Engine
 from vllm_service.manager import ModelManager, ResponseCache, build_engine
+from vllm_service.quality.ab import AbCollector
 from vllm_service.quality.monitor import QualityCollector
 from vllm_service.storage import DatabaseError
 
@@ -57,7 +58,7 @@ def create_app(
     ledger = _ledger(settings)
     gate = build_gate(settings, ledger.db if ledger is not None else None)
     otel = _telemetry(settings.observability, telemetry)
-    scoring = build_quality(settings, manager)
+    scoring = build_quality(settings, manager, ledger)
     app = _new_app(_lifespan(manager, ledger, gate, scoring, on_fatal), otel, gate)
     app.state.quality = scoring
     provider = otel.get("tracer_provider") or trace.get_tracer_provider()
@@ -255,6 +256,7 @@ def _observe(
     )
     scoring: QualityState = app.state.quality
     metrics.registry.register(QualityCollector(scoring.monitor))
+    metrics.registry.register(AbCollector(scoring.ab))
     if not obs.enabled:
         return
     if obs.log_requests:

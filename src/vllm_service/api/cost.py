@@ -76,6 +76,11 @@ class CostComparison(BaseModel):
     peak_tokens_per_hour: float
     local_cost_per_1k_usd: CostPer1K
     local_cost_unknown: str | None = None
+    shadow_calls: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Per model, the quality shadow's own calls (requests, prompt and "
+        "completion tokens): not traffic, so in none of the totals.",
+    )
 
 
 #: The named periods, in seconds.

@@ -15,6 +15,7 @@ from vllm_service.api.auth import principal_of
 from vllm_service.api.choices import ChoiceStreams
 from vllm_service.api.errors import APIError
 from vllm_service.api.observe import record_of
+from vllm_service.api.responses import ErrorResponse
 from vllm_service.auth import Permission, requires
 from vllm_service.config import ConfigError, Settings
 from vllm_service.engine import GenerationRequest
@@ -38,7 +39,7 @@ class QualityState:
     ab: AbTests | None = None
 
 
-def build_quality(settings: Settings, manager: ModelManager) -> QualityState:
+def build_quality(settings: Settings, manager: ModelManager, ledger: Ledger | None) -> QualityState:
     """The shadow scorer and its monitor (quality.shadow.enabled), and the A/B tests."""
     config = settings.quality
     state = QualityState(QualityMonitor(config.gate, manager.hold))
@@ -47,7 +48,8 @@ def build_quality(settings: Settings, manager: ModelManager) -> QualityState:
             embed = build_embed(config)
         except RuntimeError as exc:
             raise ConfigError(f"quality.embedder: {exc}") from None
-        state.shadow = Shadow(config.shadow, manager, Evaluator(config, embed), state.monitor)
+        evaluator = Evaluator(config, embed)
+        state.shadow = Shadow(config.shadow, manager, evaluator, state.monitor, ledger=ledger)
     if settings.ab_tests:
         state.ab = AbTests(settings.ab_tests)
     return state
@@ -182,7 +184,10 @@ async def quality(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/quality/ab/{name}")
+@router.get(
+    "/quality/ab/{name}",
+    responses={404: {"model": ErrorResponse, "description": "No A/B test of that name"}},
+)
 @requires(Permission.READ_METRICS)
 async def ab_report(request: Request, name: str) -> JSONResponse:
     """An A/B test's arms (requests, mean quality, latency and cost, samples) and the

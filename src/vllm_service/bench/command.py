@@ -88,6 +88,16 @@ def bench(
     ),
     plots: Annotated[bool, typer.Option(help="Write PNG plots (needs matplotlib).")] = True,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds one request may take.")] = 600,
+    quality_reference: Annotated[
+        str | None,
+        typer.Option(help="Score every endpoint's answers against this endpoint's (URL .../v1)."),
+    ] = None,
+    quality_reference_model: Annotated[
+        str | None, typer.Option(help="The reference's model (default: the first --model).")
+    ] = None,
+    quality_dataset: Annotated[
+        Path | None, typer.Option(help="Evaluation items (default: the shipped set).")
+    ] = None,
 ) -> None:
     """Load-test OpenAI-compatible endpoints: latency, throughput, goodput and cost per token."""
     args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
@@ -139,4 +149,12 @@ def bench(
         raise typer.BadParameter(str(exc)) from exc
     console = Console()
     points, samples = run(plan, console)
-    report(plan, args, points, samples, output_dir, plots=plots, console=console)
+    quality = None
+    if quality_reference is not None:
+        from vllm_service.bench.quality import quality_columns
+
+        reference = (quality_reference, quality_reference_model or model[0])
+        quality = quality_columns(
+            plan.endpoints, reference, api_key, quality_dataset, timeout, console
+        )
+    report(plan, args, points, samples, output_dir, plots=plots, console=console, quality=quality)

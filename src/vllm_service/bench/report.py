@@ -119,15 +119,19 @@ def write_json(
     meta: dict[str, Any],
     points: list[dict[str, Any]],
     samples: list[list[RequestSample]],
+    quality: dict[str, Any] | None = None,
 ) -> None:
-    """Every load point's summary and every per-request sample, with the run's metadata."""
-    out = {
+    """Every load point's summary and every per-request sample, with the run's metadata (and
+    the quality columns, when measured)."""
+    out: dict[str, Any] = {
         "metadata": meta,
         "points": [
             {**point, "samples": [asdict(s) for s in point_samples]}
             for point, point_samples in zip(points, samples, strict=True)
         ],
     }
+    if quality is not None:
+        out["quality"] = quality
     path.write_text(json.dumps(out, indent=1))
 
 

@@ -160,6 +160,7 @@ def report(
     *,
     plots: bool,
     console: Console,
+    quality: dict[str, Any] | None = None,
 ) -> None:
     """The summary table, the JSON of every sample, and the plots."""
     endpoints = plan.endpoints
@@ -171,7 +172,7 @@ def report(
     meta["endpoints"] = [{"name": e.name, "url": e.base_url, "model": e.model} for e in endpoints]
     meta["started"] = stamp
     meta["pid"] = os.getpid()
-    write_json(result_path, meta, points, samples)
+    write_json(result_path, meta, points, samples, quality)
     console.print(f"results: {result_path}")
     if plots:
         for path in write_plots(output_dir, points, samples):

@@ -12,8 +12,12 @@ false-winner rate stays at the planned alpha.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from vllm_service.config.quality import AbTestConfig
 from vllm_service.quality.stats import unpaired
@@ -117,3 +121,37 @@ class AbTests:
         arm = test.assign(identity)
         arm.requests += 1
         return Assignment(test, arm)
+
+
+class AbCollector(Collector):
+    """Each arm's requests and running means, read at scrape time."""
+
+    def __init__(self, tests: AbTests | None) -> None:
+        self.tests = tests
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "vllm_ab_requests", "Requests routed to each A/B arm.", labels=["test", "arm", "model"]
+        )
+        means = GaugeMetricFamily(
+            "vllm_ab_arm_mean",
+            "An A/B arm's mean quality (shadow-scored answers), latency (s) or cost ($).",
+            labels=["test", "arm", "model", "metric"],
+        )
+        samples = GaugeMetricFamily(
+            "vllm_ab_arm_samples",
+            "Samples behind each mean.",
+            labels=["test", "arm", "model", "metric"],
+        )
+        for name, test in (self.tests.tests if self.tests else {}).items():
+            for label, arm in zip("ab", test.arms, strict=True):
+                requests.add_metric([name, label, arm.model], arm.requests)
+                for metric, values in arm.samples.items():
+                    samples.add_metric([name, label, arm.model, metric], len(values))
+                    if values:
+                        means.add_metric(
+                            [name, label, arm.model, metric], sum(values) / len(values)
+                        )
+        yield requests
+        yield means
+        yield samples

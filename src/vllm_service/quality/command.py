@@ -23,10 +23,10 @@ from vllm_service.quality.evaluator import Evaluator
 from vllm_service.quality.offline import (
     Endpoint,
     EndpointReport,
-    ask_all,
+    EvalError,
+    evaluate,
     item_rows,
     one_line,
-    score_endpoint,
 )
 from vllm_service.quality.report import plot, print_report
 
@@ -84,53 +84,20 @@ def eval_command(
     reference = None
     if reference_endpoint is not None:
         reference = Endpoint("reference", reference_endpoint, reference_model or model, api_key)
-    result = asyncio.run(_run(evaluator, items, targets, reference, concurrency, timeout))
-    if result is None:
-        raise typer.Exit(1)
-    items, references, reports, comparison = result
+    try:
+        run = asyncio.run(evaluate(evaluator, items, targets, reference, concurrency, timeout))
+    except EvalError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for warning in run.warnings:
+        typer.echo(warning, err=True)
+    items, references, reports = run.items, run.references, run.reports
+    comparison = compare(reports[0], reports[1], references) if len(reports) == 2 else None
     print_report(reports, comparison)
     if output is not None:
         _write(output, items, references, reports, comparison)
     if plot_file is not None:
         plot(reports, plot_file)
-
-
-async def _run(
-    evaluator: Evaluator,
-    items: list[EvalItem],
-    targets: list[Endpoint],
-    reference: Endpoint | None,
-    concurrency: int,
-    seconds: float,
-) -> tuple[list[EvalItem], list[str], list[EndpointReport], Comparison | None] | None:
-    if reference is not None:
-        ref_replies = await ask_all(reference, items, concurrency=concurrency, seconds=seconds)
-        failed = [item.id for item, r in zip(items, ref_replies, strict=True) if not r.text.strip()]
-        if failed:
-            typer.echo(
-                f"reference endpoint failed on {len(failed)} of {len(items)} items "
-                f"({', '.join(map(str, failed[:5]))}): those items are left out",
-                err=True,
-            )
-        kept = [(i, r) for i, r in zip(items, ref_replies, strict=True) if r.text.strip()]
-        if not kept:
-            typer.echo("error: the reference endpoint answered no item", err=True)
-            return None
-        items = [i for i, _ in kept]
-        references = [r.text for _, r in kept]
-        finishes = [r.finish_reason for _, r in kept]
-    else:
-        references = [item.reference or "" for item in items]
-        finishes = ["stop"] * len(items)
-    reports = []
-    for target in targets:
-        replies = await ask_all(target, items, concurrency=concurrency, seconds=seconds)
-        if all(r.error for r in replies):
-            typer.echo(f"error: {target.url} answered no item: {replies[0].error}", err=True)
-            return None
-        reports.append(score_endpoint(evaluator, target, items, replies, references, finishes))
-    comparison = compare(reports[0], reports[1], references) if len(reports) == 2 else None
-    return items, references, reports, comparison
 
 
 def _write(

@@ -180,3 +180,54 @@ def item_rows(
             }
         rows.append(row)
     return rows
+
+
+class EvalError(RuntimeError):
+    """An evaluation that cannot produce scores (the message says why)."""
+
+
+@dataclass
+class EvalRun:
+    items: list[EvalItem]
+    references: list[str]
+    reports: list[EndpointReport]
+    #: Items left out and why (a reference that failed on them).
+    warnings: list[str]
+
+
+async def evaluate(
+    evaluator: Evaluator,
+    items: list[EvalItem],
+    targets: list[Endpoint],
+    reference: Endpoint | None,
+    concurrency: int,
+    seconds: float,
+) -> EvalRun:
+    """Each target's answers scored against the file's references, or the reference
+    endpoint's answers (items it fails on are left out, and said so)."""
+    warnings: list[str] = []
+    finishes: list[str | None]
+    if reference is not None:
+        replies = await ask_all(reference, items, concurrency=concurrency, seconds=seconds)
+        failed = [i.id for i, r in zip(items, replies, strict=True) if not r.text.strip()]
+        if failed:
+            warnings.append(
+                f"reference endpoint failed on {len(failed)} of {len(items)} items "
+                f"({', '.join(map(str, failed[:5]))}): those items are left out"
+            )
+        kept = [(i, r) for i, r in zip(items, replies, strict=True) if r.text.strip()]
+        if not kept:
+            raise EvalError("; ".join([*warnings, "the reference endpoint answered no item"]))
+        items = [i for i, _ in kept]
+        references = [r.text for _, r in kept]
+        finishes = [r.finish_reason for _, r in kept]
+    else:
+        references = [item.reference or "" for item in items]
+        finishes = ["stop"] * len(items)
+    reports = []
+    for target in targets:
+        replies = await ask_all(target, items, concurrency=concurrency, seconds=seconds)
+        if all(r.error for r in replies):
+            raise EvalError(f"{target.url} answered no item: {replies[0].error}")
+        reports.append(score_endpoint(evaluator, target, items, replies, references, finishes))
+    return EvalRun(items, references, reports, warnings)

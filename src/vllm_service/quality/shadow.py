@@ -16,11 +16,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vllm_service.accounting.ledger import Ledger
+from vllm_service.accounting.request_log import SHADOW_ROUTE, RequestRecord
 from vllm_service.config.quality import ShadowConfig
 from vllm_service.engine import EngineError, GenerationRequest
 from vllm_service.manager import ModelManager, UnknownModelError
@@ -70,10 +73,13 @@ class Shadow:
         evaluator: Evaluator,
         monitor: QualityMonitor,
         *,
+        ledger: Ledger | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        #: Where shadow calls are journaled, marked as such (never billed as traffic).
+        self.ledger = ledger
         self.manager = manager
         self.evaluator = evaluator
         self.monitor = monitor
@@ -180,18 +186,41 @@ class Shadow:
         probe: bool = False,
     ) -> tuple[str, str | None] | None:
         """The model's whole answer and finish reason, or None when it failed."""
+        rec = RequestRecord(
+            request_id=f"{kind}-{os.urandom(12).hex()}",
+            route=SHADOW_ROUTE,
+            method="POST",
+            started=time.monotonic(),
+            model=model,
+        )
         try:
             served = self.manager.resolve(model)
             async with asyncio.timeout(self.config.timeout):
                 answer = await self.manager.answer(served, request, probe=probe)
-                parts, finish, usage = [], None, None
+                rec.deployment, rec.engine = answer.route.deployment, answer.route.engine
+                rec.cache = answer.route.cache
+                parts, finish = [], None
                 async for delta in answer:
                     parts.append(delta.text)
                     if delta.finish_reason is not None:
-                        finish, usage = delta.finish_reason, delta.usage
+                        finish = delta.finish_reason
+                        if delta.usage is not None:
+                            rec.usage.add(0, delta.usage)
         except (EngineError, UnknownModelError, TimeoutError) as exc:
             logger.warning("shadow %s call to %s failed: %s", kind, model, exc)
+            rec.status, rec.error_type = 503, type(exc).__name__
+            self._journal(rec)
             return None
-        if usage is not None:
-            self.monitor.spend(watched, kind, usage.prompt_tokens, usage.completion_tokens)
+        rec.status = 200
+        self.monitor.spend(watched, kind, rec.prompt_tokens, rec.completion_tokens)
+        self._journal(rec)
         return "".join(parts), finish
+
+    def _journal(self, rec: RequestRecord) -> None:
+        rec.latency = time.monotonic() - rec.started
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.record(rec)
+        except Exception:  # accounting must never break scoring
+            logger.exception("could not journal shadow call %s", rec.request_id)
