@@ -57,6 +57,9 @@ def eval_command(
     config: Annotated[
         Path | None, typer.Option(help="Service config whose quality: section sets weights.")
     ] = None,
+    temperature: Annotated[
+        float, typer.Option(min=0, max=2, help="Sampling of the evaluated endpoints (0: greedy).")
+    ] = 0.0,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests at once.")] = 2,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per request.")] = 120.0,
 ) -> None:
@@ -78,9 +81,10 @@ def eval_command(
             )
             raise typer.Exit(2)
     evaluator = Evaluator(settings.quality, build_embed(settings.quality))
-    targets = [Endpoint("endpoint", endpoint, model, api_key)]
+    targets = [Endpoint("endpoint", endpoint, model, api_key, temperature)]
     if compare_endpoint is not None:
-        targets.append(Endpoint("compare", compare_endpoint, compare_model or model, api_key))
+        other = compare_model or model
+        targets.append(Endpoint("compare", compare_endpoint, other, api_key, temperature))
     reference = None
     if reference_endpoint is not None:
         reference = Endpoint("reference", reference_endpoint, reference_model or model, api_key)

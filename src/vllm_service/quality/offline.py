@@ -2,8 +2,10 @@
 reference, and report corpus BLEU/chrF (with signatures), the dimensions and the weighted score
 per content class; with a second endpoint, a paired comparison of the two.
 
-Answers are asked greedily (temperature 0) so a run is repeatable. An endpoint that fails on an
-item leaves it unanswered: counted and shown, scored as an empty answer, never dropped.
+Answers are asked greedily (temperature 0) so a run is repeatable, unless a temperature is
+given for the evaluated endpoints (to score them under the sampling their traffic uses). An
+endpoint that fails on an item leaves it unanswered: counted and shown, scored as an empty
+answer, never dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Endpoint:
     url: str
     model: str
     api_key: str = "unused"
+    #: 0: greedy (repeatable). References are always asked greedily.
+    temperature: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,7 @@ async def ask(client: httpx2.AsyncClient, endpoint: Endpoint, item: EvalItem) ->
         "model": endpoint.model,
         "messages": item.chat,
         "max_tokens": item.max_tokens,
-        "temperature": 0,
+        "temperature": endpoint.temperature,
     }
     if item.response_format is not None:
         body["response_format"] = item.response_format
