@@ -66,13 +66,15 @@ def semantic_similarity(case: Case, embed: Embed) -> float | None:
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+\S", re.MULTILINE)
-_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+\S|^\s*\*\*[^*\n]{2,80}\*\*\s*:?\s*$", re.MULTILINE)
+_HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+\S|^[ \t]*\*\*[^*\n]{2,80}\*\*[ \t]*:?[ \t]*$", re.M)
 _WORD_LIMIT = re.compile(
     r"\b(?:in|under|at most|no more than|maximum of|max|within)\s+(\d{1,4})\s+words?\b"
 )
 _ASKS_LIST = re.compile(r"\b(?:list|bullet|bulleted|steps|enumerate|numbered)\b")
 _ASKS_HEADINGS = re.compile(r"\b(?:headings?|sections?|headers?)\b")
-_ASKS_CODE = re.compile(r"\b(?:write|implement|give me|show)\b.*\b(?:code|function|script|query)")
+_ASKS_CODE = re.compile(
+    r"\b(?:write|implement|give me|show)\b[^\n]{0,80}?\b(?:code|function|script|query)"
+)
 
 
 def structure_quality(case: Case) -> float | None:
@@ -173,8 +175,11 @@ def _block_valid(language: str, body: str) -> bool | None:
     return True
 
 
+_PYTHON_LINE = re.compile(r"^[ \t]*(def |import |from \w+ import|class \w+|print\()", re.M)
+
+
 def _is_python(body: str) -> bool:
-    return bool(re.search(r"^\s*(def |import |from \w+ import|class \w+|print\()", body, re.M))
+    return bool(_PYTHON_LINE.search(body))
 
 
 def facts(text: str) -> set[str]:

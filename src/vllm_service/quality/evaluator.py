@@ -42,6 +42,29 @@ class QualityScore:
     seconds: float
 
 
+#: What is scored of a text, at most (characters): every scorer is linear in it but ROUGE-L,
+#: and a hostile request must not make scoring cost more than serving it did.
+MAX_PROMPT_CHARS = 8_000
+MAX_TEXT_CHARS = 16_000
+
+
+def _clean(text: str, limit: int) -> str:
+    # A lone surrogate (an upstream can send one, escaped in JSON) is not text a tokenizer
+    # takes: it becomes "?".
+    return text[:limit].encode("utf-8", "replace").decode("utf-8", "replace")
+
+
+def bounded(case: Case) -> Case:
+    """The case with its prompt, answer and reference cut to what is scored, and valid
+    Unicode."""
+    return dataclasses.replace(
+        case,
+        prompt=_clean(case.prompt, MAX_PROMPT_CHARS),
+        answer=_clean(case.answer, MAX_TEXT_CHARS),
+        reference=None if case.reference is None else _clean(case.reference, MAX_TEXT_CHARS),
+    )
+
+
 class Evaluator:
     """Scores answers with the configured weights, targets and content classes."""
 
@@ -75,6 +98,7 @@ class Evaluator:
 
     def score(self, case: Case) -> QualityScore:
         started = time.perf_counter()
+        case = bounded(case)
         if case.content_class is None:
             case = dataclasses.replace(case, content_class=self.classify(case.prompt))
         cls: ContentClass = case.content_class  # type: ignore[assignment]

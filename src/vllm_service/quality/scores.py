@@ -101,7 +101,7 @@ def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 #: ROUGE-L looks at this many tokens of each text at most (the LCS is quadratic).
-ROUGE_MAX_TOKENS = 2000
+ROUGE_MAX_TOKENS = 1000
 
 
 def rouge_l(hypothesis: str, reference: str) -> float:

@@ -87,3 +87,21 @@ def test_an_answer_and_its_sentence_scores(evaluator: Evaluator) -> None:
     assert score.rouge_l is not None
     assert 0 < score.rouge_l < 1
     assert score.seconds > 0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "answer"),
+    [
+        # Inputs that made a naive regex backtrack for minutes, a megabyte each.
+        ("write " * 200_000, "show " * 200_000),
+        ("List the items\n" + "\n" * 1_000_000, "**" + " " * 1_000_000),
+        ("Write code", "```python\n" + "def f(:\n" * 100_000),
+        ("Explain", "\ud800 lone surrogate \udfff " * 10_000),
+    ],
+)
+def test_hostile_texts_are_scored_within_bounds(
+    evaluator: Evaluator, prompt: str, answer: str
+) -> None:
+    score = evaluator.score(Case(prompt, answer, reference=answer[:5000]))
+    assert 0.0 <= score.overall <= 1.0
+    assert all(0.0 <= v <= 1.0 for v in score.dimensions.values())
