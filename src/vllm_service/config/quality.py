@@ -3,7 +3,7 @@ shadow gate, and A/B tests (docs/quality.md)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -17,16 +17,9 @@ Dimension = Literal[
     "coherence_score",
     "completeness",
 ]
-DIMENSIONS: tuple[Dimension, ...] = (
-    "semantic_similarity",
-    "structure_quality",
-    "engagement_score",
-    "technical_accuracy",
-    "coherence_score",
-    "completeness",
-)
+DIMENSIONS: tuple[Dimension, ...] = get_args(Dimension)
 ContentClass = Literal["viral_hook", "technical", "code", "creative"]
-CONTENT_CLASSES: tuple[ContentClass, ...] = ("viral_hook", "technical", "code", "creative")
+CONTENT_CLASSES: tuple[ContentClass, ...] = get_args(ContentClass)
 
 
 class DimensionConfig(_Strict):
