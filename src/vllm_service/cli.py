@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import faulthandler
 import ipaddress
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -146,10 +148,20 @@ def serve(
     # uvicorn re-raises SIGTERM once it has shut down gracefully; this handler makes that a
     # clean exit 0 rather than death by signal.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    server.run()
+    server.run(sockets=_sockets(server.config, settings.server.metrics_port))
     if fatal:
         typer.echo(f"error: no model could be loaded: {fatal[0]}", err=True)
         raise typer.Exit(code=1)
+
+
+def _sockets(config: uvicorn.Config, metrics_port: int | None) -> list[socket.socket] | None:
+    """The API's socket and server.metrics_port's (one app serves both), or None: uvicorn binds
+    the API's port itself."""
+    if metrics_port is None:
+        return None
+    metrics = copy.copy(config)
+    metrics.port = metrics_port
+    return [config.bind_socket(), metrics.bind_socket()]
 
 
 def _tls(settings: Settings) -> dict[str, Any]:

@@ -89,6 +89,9 @@ def create_app(
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_request_body_bytes)
     _observe(app, settings, cache, tracer, ledger)
+    app.state.metrics_port = settings.server.metrics_port
+    if settings.server.metrics_port is not None:
+        app.add_middleware(ops.MetricsPortOnly, port=settings.server.metrics_port)
     return app
 
 

@@ -144,6 +144,13 @@ def principal_of(request: Request) -> Principal:
     return principal if isinstance(principal, Principal) else ANONYMOUS
 
 
+def on_metrics_port(request: Request) -> bool:
+    """Whether the request came in on server.metrics_port (where only /metrics is routed)."""
+    port: int | None = request.app.state.metrics_port
+    server = request.scope.get("server")
+    return port is not None and server is not None and server[1] == port
+
+
 async def authorize(request: Request) -> None:
     """Admit the request to its route, or raise 401 / 403."""
     permission = permission_of(request.scope.get("endpoint"))
@@ -154,7 +161,7 @@ async def authorize(request: Request) -> None:
         request.state.principal = ANONYMOUS
         return
     if (permission is Permission.OPEN and gate.open_probes) or (
-        permission is Permission.READ_METRICS and gate.public_metrics
+        permission is Permission.READ_METRICS and (gate.public_metrics or on_metrics_port(request))
     ):
         return
     rec = record_of(request)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vllm_service import __version__
 from vllm_service.accounting.latency import LatencyWindow
@@ -144,3 +146,37 @@ async def _audit(request: Request, action: str, target: str | None, detail: dict
     await record_action(
         gate.keys.db, actor=actor, action=action, target=target, detail=detail, client=client
     )
+
+
+class MetricsPortOnly:
+    """ASGI middleware: on server.metrics_port, only GET /metrics is served (404 otherwise)."""
+
+    def __init__(self, app: ASGIApp, port: int) -> None:
+        self.app = app
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if (
+            scope["type"] == "http"
+            and server is not None
+            and server[1] == self.port
+            and scope.get("path") != "/metrics"
+        ):
+            body = json.dumps(
+                error_body(
+                    "Only /metrics is served on this port.",
+                    "invalid_request_error",
+                    code="not_found",
+                )
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)

@@ -45,6 +45,13 @@ class ServerConfig(_Strict):
 
     host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Also serve GET /metrics (and only it) on this port, without a key: a "
+        "NetworkPolicy filters ports, not paths, so Prometheus gets a port of its own.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS; empty = CORS off."
     )
@@ -86,6 +93,12 @@ class ServerConfig(_Strict):
         description="Addresses or networks (10.0.0.0/8) of proxies whose X-Forwarded-For is "
         "believed; from anyone else the header is ignored.",
     )
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ServerConfig:
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port")
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod
