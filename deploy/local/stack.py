@@ -133,7 +133,7 @@ def up(work: Path, port: int) -> dict[str, object]:
             [alertmanager, f"--config.file={ROOT / 'deploy/compose/alertmanager.yml'}",
              f"--storage.path={work / 'alertmanager'}",
              f"--web.listen-address=127.0.0.1:{am_port}",
-             f"--cluster.listen-address="],
+             "--cluster.listen-address="],
             work / "alertmanager.log",
         )  # fmt: skip
         prom_config["alerting"] = {
@@ -146,7 +146,8 @@ def up(work: Path, port: int) -> dict[str, object]:
          f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
         work / "prometheus.log",
     )  # fmt: skip
-    state = {"pids": pids, "ports": ports, "pg_ctl": pg_ctl, "pgdata": str(work / "postgres" / "pgdata")}
+    pgdata = str(work / "postgres" / "pgdata")
+    state = {"pids": pids, "ports": ports, "pg_ctl": pg_ctl, "pgdata": pgdata}
     (work / "stack.json").write_text(json.dumps(state, indent=1))
     wait(f"http://127.0.0.1:{port}/ready", "the service")
     wait(f"http://127.0.0.1:{ports['prometheus']}/-/ready", "Prometheus")
