@@ -25,6 +25,7 @@ from vllm_service.accounting.tracing import TRACER_NAME
 from vllm_service.api import cost, openai, ops, quality, tokenize
 from vllm_service.api.auth import AuthGate, authorize, build_gate, open_docs
 from vllm_service.api.connections import ConnectionGuard
+from vllm_service.api.embeddings import embeddings_available
 from vllm_service.api.errors import BodySizeLimit, install_error_handlers
 from vllm_service.api.observe import Observe
 from vllm_service.api.quality import QualityState, build_quality
@@ -71,6 +72,8 @@ def create_app(
     app.state.audit_content = settings.audit.log_content
     app.state.prices = price_table(settings)
     app.state.response_cost_info = settings.cost.response_cost_info
+    app.state.embeddings = settings.embeddings
+    app.state.embeddings_available = embeddings_available(settings.embeddings)
     app.state.server_config = settings.server
     app.state.connection_guard = ConnectionGuard(
         header_timeout=settings.server.header_timeout,

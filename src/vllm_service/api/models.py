@@ -12,7 +12,9 @@ from vllm_service.api.errors import ModelNotFound
 from vllm_service.api.responses import ERROR_RESPONSES
 from vllm_service.api.serving import Manager
 from vllm_service.auth import Permission, Principal, requires
+from vllm_service.config import EmbeddingsConfig
 from vllm_service.manager import ModelManager
+from vllm_service.manager.semantic import MODEL_ID
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -67,10 +69,26 @@ def _model_objects(manager: ModelManager, principal: Principal) -> list[ModelObj
     return data
 
 
+def _embedding_model(request: Request) -> ModelObject | None:
+    """The shipped embedding model, when it is served and the caller may use it."""
+    if not request.app.state.embeddings_available or not principal_of(request).may_use(MODEL_ID):
+        return None
+    config: EmbeddingsConfig = request.app.state.embeddings
+    return ModelObject(
+        id=MODEL_ID,
+        created=0,
+        owned_by="vllm-service",
+        root=MODEL_ID,
+        max_model_len=config.max_input_tokens,
+    )
+
+
 @router.get("/models", response_model=ModelList)
 @requires(Permission.INFERENCE)
 async def list_models(request: Request, manager: Manager) -> ModelList:
-    return ModelList(data=_model_objects(manager, principal_of(request)))
+    data = _model_objects(manager, principal_of(request))
+    embedding = _embedding_model(request)
+    return ModelList(data=[*data, *([embedding] if embedding else [])])
 
 
 @router.get(
@@ -81,7 +99,8 @@ async def list_models(request: Request, manager: Manager) -> ModelList:
 @requires(Permission.INFERENCE)
 async def retrieve_model(model_id: str, request: Request, manager: Manager) -> ModelObject:
     """One model by its name or alias (OpenAI's models.retrieve); ids may contain '/'."""
-    for model in _model_objects(manager, principal_of(request)):
-        if model.id == model_id:
+    embedding = _embedding_model(request)
+    for model in [*_model_objects(manager, principal_of(request)), embedding]:
+        if model is not None and model.id == model_id:
             return model
     raise ModelNotFound(model_id)

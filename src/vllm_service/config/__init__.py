@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from vllm_service.config.auth import AuditConfig, AuthConfig, JwtConfig, StaticKeyConfig
+from vllm_service.config.embeddings import EmbeddingsConfig
 from vllm_service.config.models import (
     DEFAULT_MODEL_NAME,
     BreakerConfig,
@@ -51,6 +52,7 @@ __all__ = [
     "CacheConfig",
     "ConfigError",
     "CostConfig",
+    "EmbeddingsConfig",
     "HardwareCostConfig",
     "HostedPriceConfig",
     "JwtConfig",
@@ -93,6 +95,7 @@ class Settings(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     ab_tests: list[AbTestConfig] = Field(
         default_factory=list, description="Public model names split between two models."
     )

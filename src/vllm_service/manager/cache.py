@@ -35,7 +35,7 @@ from vllm_service.manager.cached_answer import (
     CachedAnswer,
     CacheLookup,
 )
-from vllm_service.manager.semantic import Embedder, WordLlamaEmbedder, nearest
+from vllm_service.manager.semantic import Embedder, nearest, shared_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ResponseCache:
             store = self._build_store(config, clock)
         self.store = store
         if config.semantic.enabled and embedder is None:
-            embedder = WordLlamaEmbedder()
+            embedder = shared_embedder()
         self._embedder = embedder if config.semantic.enabled else None
         # A store that fails is skipped for redis_retry_interval, then one call tries it again.
         self._store_breaker = CircuitBreaker(

@@ -7,6 +7,7 @@ on one CPU core: it runs inline on the event loop.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +48,30 @@ class WordLlamaEmbedder:
     def embed(self, text: str) -> Vector:
         vector = self._model.embed([text], norm=True)[0]
         return np.asarray(vector, dtype=np.float32)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [int(sum(e.attention_mask)) for e in self._model.tokenize(texts)]
+
+    def embed_many(self, texts: list[str]) -> np.ndarray[Any, Any]:
+        """Unit-length embeddings of ``texts``, one row each."""
+        vectors = np.asarray(self._model.embed(texts, norm=True), dtype=np.float32)
+        return vectors.reshape(len(texts), -1)
+
+    @property
+    def dimensions(self) -> int:
+        return DIMENSIONS
+
+
+#: WordLlama l2_supercat's embedding size (truncatable: trained matryoshka-style).
+DIMENSIONS = 256
+#: The id the shipped embedding model is served under (/v1/embeddings, /v1/models).
+MODEL_ID = "wordllama-l2-supercat"
+
+
+@functools.cache
+def shared_embedder() -> WordLlamaEmbedder:
+    """One WordLlama for the process: the semantic cache, quality scores and /v1/embeddings."""
+    return WordLlamaEmbedder()
 
 
 def nearest(query: Vector, candidates: list[tuple[str, Vector]]) -> tuple[str, float] | None:

@@ -31,6 +31,6 @@ def build_embed(config: QualityConfig) -> Embed:
         if not config.sentence_transformers_path:
             raise RuntimeError("quality.sentence_transformers_path names the model folder")
         return SentenceTransformerEmbedder(config.sentence_transformers_path).embed
-    from vllm_service.manager.semantic import WordLlamaEmbedder
+    from vllm_service.manager.semantic import shared_embedder
 
-    return WordLlamaEmbedder().embed
+    return shared_embedder().embed
