@@ -189,9 +189,10 @@ def test_latency_endpoint_agrees_with_the_client(observed: Service) -> None:
     client_p50 = statistics.median(measured) * 1e3
     server_p50 = stats["latency_ms"]["p50"]
     # The server's clock starts after the client's and stops before it: never more, and the
-    # difference is loopback HTTP overhead (bounded relative to the request, not by a clock).
+    # difference is loopback HTTP overhead (bounded relative to the request, not by a clock;
+    # on a loaded machine the client's side of it can take as long as a short request).
     assert server_p50 <= client_p50 * 1.05
-    assert server_p50 >= client_p50 * 0.5
+    assert server_p50 >= client_p50 * 0.25
     assert stats["latency_ms"]["p50"] <= stats["latency_ms"]["p90"] <= stats["latency_ms"]["p99"]
     # The budget burns at the rate the SLO allows when exactly 1 - slo of requests miss.
     missed = 1.0 - stats["latency_target_met"]

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse
 
+from vllm_service.api.answers import ChatChoice, ChatCompletionResponse, ChatMessageOut
 from vllm_service.api.encoders import (
     SYSTEM_FINGERPRINT,
     ChatChunks,
@@ -18,13 +19,7 @@ from vllm_service.api.encoders import (
     finish_reason,
 )
 from vllm_service.api.errors import InvalidRequest
-from vllm_service.api.protocol import (
-    UNSUPPORTED_CHAT_PARAMS,
-    ChatChoice,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChatMessageOut,
-)
+from vllm_service.api.protocol import UNSUPPORTED_CHAT_PARAMS, ChatCompletionRequest, ChatMessageIn
 from vllm_service.api.responses import ERROR_RESPONSES, SSE_RESPONSE
 from vllm_service.api.serving import (
     SSE_HEADERS,
@@ -44,9 +39,15 @@ from vllm_service.api.serving import (
     stream_failed,
     usage_info,
 )
+from vllm_service.api.tools import ToolPlan, ToolStream, parse, plan_tools, render
 from vllm_service.auth import Permission, requires
 from vllm_service.engine import GenerationRequest
 from vllm_service.engine.base import ChatMessage
+from vllm_service.engine.registry import DEFAULT_KIND
+from vllm_service.manager import ServedModel
+
+#: The engine kind whose models take tools (the service's own tool-call format).
+EMBEDDED = DEFAULT_KIND.name
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -62,14 +63,29 @@ def _response_format(body: ChatCompletionRequest) -> tuple[bool, str | None]:
     return False, json.dumps(fmt.json_schema.json_schema or {"type": "object"})
 
 
-def _requests(body: ChatCompletionRequest, request_id: str) -> list[GenerationRequest]:
+def _requests(
+    body: ChatCompletionRequest, request_id: str, served: ServedModel, plan: ToolPlan | None
+) -> list[GenerationRequest]:
     """One engine sequence per choice."""
     extra = body.model_extra or {}
     for name in UNSUPPORTED_CHAT_PARAMS:
         if extra.get(name) is not None:
             raise InvalidRequest(f"'{name}' is not supported by this server.", param=name)
-    messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
+    calls = [m.tool_calls for m in body.messages]
+    if (plan is not None or any(calls)) and served.config.engine != EMBEDDED:
+        raise InvalidRequest(
+            f"Tool calling is supported for models of the embedded engine; "
+            f"'{served.config.name}' is served by '{served.config.engine}'.",
+            param="tools",
+        )
+    messages = render([_message(m, body.messages) for m in body.messages], calls, plan)
     json_object, json_schema = _response_format(body)
+    if plan is not None:
+        if json_object or json_schema is not None:
+            raise InvalidRequest(
+                "'response_format' cannot be combined with 'tools'.", param="response_format"
+            )
+        json_schema = plan.schema()
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     return [
         GenerationRequest(
@@ -82,10 +98,29 @@ def _requests(body: ChatCompletionRequest, request_id: str) -> list[GenerationRe
                 choice=i,
                 json_object=json_object,
                 json_schema=json_schema,
+                json_optional=plan is not None and plan.optional,
             ),
         )
         for i in range(body.n)
     ]
+
+
+def _message(m: ChatMessageIn, history: list[ChatMessageIn]) -> ChatMessage:
+    """A request message for the engine; a tool result names the call it answers."""
+    if m.role != "tool":
+        return ChatMessage(role=m.role, content=m.text())
+    names = {c.id: c.function.name for h in history for c in h.tool_calls or ()}
+    name = names.get(m.tool_call_id or "", "a function")
+    return ChatMessage(role="tool", content=f"Result of {name} ({m.tool_call_id}): {m.text()}")
+
+
+def _plan(body: ChatCompletionRequest) -> ToolPlan | None:
+    for legacy, modern in (("functions", "tools"), ("function_call", "tool_choice")):
+        if getattr(body, legacy) is not None:
+            raise InvalidRequest(
+                f"'{legacy}' is deprecated and not supported: send '{modern}'.", param=legacy
+            )
+    return plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
 
 
 @router.post(
@@ -103,25 +138,29 @@ async def create_chat_completion(
     check_common(body, server)
     served = resolve_model(request, manager, body.model, body.user)
     request_id = new_id("chatcmpl")
-    requests = _requests(body, request_id)
+    plan = _plan(body)
+    requests = _requests(body, request_id, served, plan)
     started = await start(request, manager, served, requests, stream=body.stream, user=body.user)
     created = int(time.time())
     if body.stream:
         return EventSourceResponse(
-            _stream(request, body, started, request_id, created),
+            _stream(request, body, started, request_id, created, plan),
             headers={**SSE_HEADERS, **started.headers},
         )
     collected = await collect(request, started, [""] * body.n)
-    choices = [
-        ChatChoice(
-            index=i,
-            message=ChatMessageOut(content=collected.texts[i]),
-            logprobs=chat_logprobs(collected.logprobs[i]) if body.logprobs else None,
-            finish_reason=finish_reason(final.finish_reason),
+    choices = []
+    for i, final in enumerate(collected.finals):
+        assert final.finish_reason is not None
+        text, reason = collected.texts[i], finish_reason(final.finish_reason)
+        calls = parse(text, plan) if plan is not None and reason == "stop" else None
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=ChatMessageOut(content=None if calls else text, tool_calls=calls),
+                logprobs=chat_logprobs(collected.logprobs[i]) if body.logprobs else None,
+                finish_reason="tool_calls" if calls else reason,
+            )
         )
-        for i, final in enumerate(collected.finals)
-        if final.finish_reason is not None
-    ]
     answer = ChatCompletionResponse(
         id=request_id,
         created=created,
@@ -141,8 +180,12 @@ async def _stream(
     started: Started,
     request_id: str,
     created: int,
+    plan: ToolPlan | None,
 ) -> AsyncIterator[bytes]:
     chunks = ChatChunks(request_id, created, body.model, body.include_usage)
+    held: dict[int, ToolStream] = {}
+    if plan is not None:
+        held = {i: ToolStream(plan) for i in range(body.n)}
     # Events ready together leave in one write (see Pending): the role chunks go with the
     # first delta, and a finish chunk with whatever follows it.
     pending = Pending()
@@ -150,10 +193,19 @@ async def _stream(
         pending.add(chunks.role(i))
     try:
         async for index, delta in started.streams.merged():
-            if delta.text or delta.logprobs:
-                logprobs = chat_logprobs(delta.logprobs) if body.logprobs else None
-                pending.add(chunks.content(index, delta.text, logprobs))
+            text = held[index].feed(delta.text) if held else delta.text
+            if text or (delta.logprobs and not held):
+                logprobs = chat_logprobs(delta.logprobs) if body.logprobs and not held else None
+                pending.add(chunks.content(index, text, logprobs))
             if delta.finish_reason is not None:
+                if held:
+                    calls, rest = held[index].finish(finish_reason(delta.finish_reason))
+                    if calls:
+                        pending.add(chunks.tool_calls(index, calls))
+                        pending.add(chunks.finish(index, "tool_calls"))
+                        continue
+                    if rest:
+                        pending.add(chunks.content(index, rest, None))
                 pending.add(chunks.finish(index, delta.finish_reason))
             elif pending:
                 yield pending.take()

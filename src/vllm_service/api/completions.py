@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse
 
+from vllm_service.api.answers import CompletionChoice, CompletionResponse
 from vllm_service.api.encoders import (
     SYSTEM_FINGERPRINT,
     CompletionChunks,
@@ -17,7 +18,7 @@ from vllm_service.api.encoders import (
     finish_reason,
 )
 from vllm_service.api.errors import InvalidRequest
-from vllm_service.api.protocol import CompletionChoice, CompletionRequest, CompletionResponse
+from vllm_service.api.protocol import CompletionRequest
 from vllm_service.api.responses import ERROR_RESPONSES, SSE_RESPONSE
 from vllm_service.api.serving import (
     SSE_HEADERS,

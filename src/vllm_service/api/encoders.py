@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel
 
 from vllm_service import __version__
-from vllm_service.api.errors import APIError, error_body, from_engine_error
-from vllm_service.api.protocol import (
+from vllm_service.api.answers import (
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatDelta,
@@ -30,6 +29,8 @@ from vllm_service.api.protocol import (
     TopLogprobOut,
     UsageInfo,
 )
+from vllm_service.api.errors import APIError, error_body, from_engine_error
+from vllm_service.api.tools import FunctionCallDelta, ToolCallDelta, ToolCallOut
 from vllm_service.engine import EngineError, FinishReason
 from vllm_service.engine.base import PromptTokenLogprob, TokenLogprob
 
@@ -127,10 +128,29 @@ class ChatChunks(_Chunks):
         delta = ChatDelta(content=text)
         return self._event(ChatChunkChoice(index=index, delta=delta, logprobs=logprobs))
 
-    def finish(self, index: int, reason: FinishReason) -> bytes:
+    def finish(self, index: int, reason: FinishReason | Literal["tool_calls"]) -> bytes:
         delta = ChatDelta()
-        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason(reason))
-        return self._event(choice)
+        out: FinishReasonOut = "tool_calls" if reason == "tool_calls" else finish_reason(reason)
+        return self._event(ChatChunkChoice(index=index, delta=delta, finish_reason=out))
+
+    def tool_calls(self, index: int, calls: list[ToolCallOut]) -> bytes:
+        """A choice's calls as OpenAI streams them: per call, its id, type and name (with
+        empty arguments) first, then its arguments."""
+        events = b""
+        for k, call in enumerate(calls):
+            head = ToolCallDelta(
+                index=k,
+                id=call.id,
+                type="function",
+                function=FunctionCallDelta(name=call.function.name, arguments=""),
+            )
+            body = ToolCallDelta(
+                index=k, function=FunctionCallDelta(arguments=call.function.arguments)
+            )
+            for part in (head, body):
+                delta = ChatDelta(tool_calls=[part])
+                events += self._event(ChatChunkChoice(index=index, delta=delta))
+        return events
 
 
 class CompletionChunks(_Chunks):

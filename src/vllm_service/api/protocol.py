@@ -14,6 +14,8 @@ from pydantic import (
     model_validator,
 )
 
+from vllm_service.api import tools as t
+
 #: Longest single string accepted anywhere in a request (the body limit bounds the total).
 MAX_STRING_CHARS = 1_000_000
 MAX_STOP_SEQUENCES = 4
@@ -21,10 +23,6 @@ MAX_STOP_SEQUENCES = 4
 # Parameters of OpenAI's API that this service does not implement: sent with a value, they get
 # a clear 400 instead of being silently ignored.
 UNSUPPORTED_CHAT_PARAMS = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
     "audio",
     "modalities",
     "prediction",
@@ -45,11 +43,6 @@ def check_text(value: str) -> str:
             # text, tokenizer or model can hold half of a surrogate pair.
             raise ValueError("must not contain lone UTF-16 surrogates (invalid Unicode)") from None
     return value
-
-
-def _unset(value: object) -> bool:
-    """Response fields left out when empty, as OpenAI leaves them out."""
-    return value is None
 
 
 class OpenAIBaseModel(BaseModel):
@@ -90,9 +83,11 @@ class TextContentPart(BaseModel):
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | Annotated[list[TextContentPart], Field(min_length=1)] | None = None
     name: str | None = None
+    tool_calls: list[t.ToolCallIn] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=256)
 
     @field_validator("content")
     @classmethod
@@ -105,6 +100,10 @@ class ChatMessageIn(BaseModel):
     def _has_content(self) -> ChatMessageIn:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a '{self.role}' message needs 'content'")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("'tool_call_id' belongs to 'tool' messages, which need one")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only 'assistant' messages carry 'tool_calls'")
         return self
 
     def text(self) -> str:
@@ -217,6 +216,11 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: list[t.ToolIn] | None = None
+    tool_choice: t.ToolChoiceIn | None = None
+    parallel_tool_calls: StrictBool | None = None
+    functions: list[t.FunctionDef] | None = None
+    function_call: Literal["none", "auto"] | dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -274,119 +278,3 @@ class CompletionRequest(SamplingFields):
 
 
 # -- responses ------------------------------------------------------------------------------
-
-
-class PromptTokensDetails(BaseModel):
-    cached_tokens: int = 0
-
-
-class UsageInfo(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails | None = None
-
-
-class CostInfo(BaseModel):
-    """Extension: what this answer cost here (at the current rolling rate; the ledger's period
-    apportionment is final) and at each hosted reference, with the savings."""
-
-    tokens: int
-    local_cost_usd: float | None = Field(description="null: no hardware cost is configured.")
-    local_cost_basis: Literal["rolling_rate"] = "rolling_rate"
-    hosted_cost_usd: dict[str, float]
-    savings_usd: dict[str, float | None]
-
-
-class TopLogprobOut(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-
-
-class TokenLogprobOut(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-    top_logprobs: list[TopLogprobOut]
-
-
-class ChoiceLogprobs(BaseModel):
-    content: list[TokenLogprobOut] | None = None
-    refusal: list[TokenLogprobOut] | None = None
-
-
-class ChatMessageOut(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None
-    refusal: str | None = None
-
-
-FinishReasonOut = Literal["stop", "length"]
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: ChatMessageOut
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReasonOut
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: UsageInfo
-    system_fingerprint: str | None = None
-    cost_info: CostInfo | None = Field(default=None, exclude_if=_unset)
-
-
-class ChatDelta(BaseModel):
-    # Keys not sent are left out, as OpenAI does: the last chunk of a choice has `delta: {}`.
-    role: Literal["assistant"] | None = Field(default=None, exclude_if=_unset)
-    content: str | None = Field(default=None, exclude_if=_unset)
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: ChatDelta
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReasonOut | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: UsageInfo | None = None
-    system_fingerprint: str | None = None
-    cost_info: CostInfo | None = Field(default=None, exclude_if=_unset)
-
-
-class CompletionLogprobs(BaseModel):
-    tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float | None] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
-    text_offset: list[int] = Field(default_factory=list)
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: FinishReasonOut | None
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageInfo | None = None
-    system_fingerprint: str | None = None
-    cost_info: CostInfo | None = Field(default=None, exclude_if=_unset)

@@ -19,13 +19,14 @@ from pydantic import BaseModel
 from vllm_service.accounting.cost import PriceTable
 from vllm_service.accounting.ledger import Ledger
 from vllm_service.accounting.usage import UsageTally
+from vllm_service.api.answers import CostInfo, PromptTokensDetails, UsageInfo
 from vllm_service.api.auth import admit, principal_of
 from vllm_service.api.choices import ChoiceStreams
 from vllm_service.api.disconnect import until_disconnected
 from vllm_service.api.encoders import DONE, Pending, stream_error, stream_failure
 from vllm_service.api.errors import APIError, InvalidRequest, ModelNotFound
 from vllm_service.api.observe import record_of
-from vllm_service.api.protocol import CostInfo, PromptTokensDetails, SamplingFields, UsageInfo
+from vllm_service.api.protocol import SamplingFields
 from vllm_service.api.quality import ab_route, watch
 from vllm_service.api.timing import ServerTiming, wants_timing
 from vllm_service.auth.audit import record_content
@@ -111,6 +112,7 @@ def sampling(
     json_object: bool = False,
     json_schema: str | None = None,
     prompt_logprobs: int | None = None,
+    json_optional: bool = False,
 ) -> SamplingParams:
     # Knobs left out stay None: the engine applies the model's recommended values.
     return SamplingParams(
@@ -129,6 +131,7 @@ def sampling(
         logprobs=logprobs,
         json_object=json_object,
         json_schema=json_schema,
+        json_optional=json_optional,
         ignore_eos=body.ignore_eos,
         prompt_logprobs=prompt_logprobs,
     )

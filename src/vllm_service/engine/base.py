@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-Role = Literal["system", "developer", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 EngineState = Literal["starting", "ready", "stopping", "failed"]
 
 
@@ -65,6 +65,9 @@ class SamplingParams:
     json_object: bool = False
     #: Constrain the output to documents valid under this JSON schema (its JSON text).
     json_schema: str | None = None
+    #: With json_schema: the output is either a JSON document under it or text that does not
+    #: start with '{' (tool_choice "auto": a call, or a plain answer).
+    json_optional: bool = False
     #: Generate past end-of-sequence until max_tokens (benchmarks with fixed output lengths).
     ignore_eos: bool = False
 

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes import FakeEngines, answer
+from vllm_service.api.answers import ChatCompletionChunk, CompletionResponse
 from vllm_service.api.app import create_app
-from vllm_service.api.protocol import ChatCompletionChunk, CompletionResponse
 from vllm_service.config import load_settings
 from vllm_service.engine import EngineError, InvalidRequestError, TokenDelta
 

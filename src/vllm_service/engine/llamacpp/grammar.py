@@ -134,7 +134,8 @@ class GrammarBuilder:
     def for_params(self, params: SamplingParams) -> str | None:
         """The GBNF grammar a sequence's response format needs, if any."""
         if params.json_schema is not None:
-            return self.for_json_schema(params.json_schema)
+            grammar = self.for_json_schema(params.json_schema)
+            return either_json_or_text(grammar) if params.json_optional else grammar
         if params.json_object:
             # llama.cpp's JSON grammar is rooted at 'object', as OpenAI's JSON mode promises.
             return str(JSON_GBNF)
@@ -167,5 +168,22 @@ class GrammarBuilder:
         return grammar
 
 
+#: llama-cpp-python's converter lets a string hold raw control characters (a newline inside
+#: "..."), which JSON forbids: the model then writes documents no JSON parser takes. Its own
+#: JSON-mode grammar excludes them; so does the converted grammar once this rule is replaced.
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
 def _convert(schema_text: str) -> str:
-    return str(json_schema_to_gbnf(schema_text))
+    grammar = str(json_schema_to_gbnf(schema_text))
+    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR, 1)
+
+
+def either_json_or_text(grammar: str) -> str:
+    """The schema's grammar, or any text that does not start with '{' (its root renamed)."""
+    lines = [
+        "json-root ::=" + line[len("root ::=") :] if line.startswith("root ::=") else line
+        for line in grammar.splitlines()
+    ]
+    return "\n".join([*lines, "root ::= json-root | free-text", "free-text ::= [^{] [^\\x00]*"])
