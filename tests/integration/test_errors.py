@@ -64,8 +64,18 @@ CASES = {
         400,
     ),
     "empty_stop": (json.dumps(chat(stop="")).encode(), "application/json", 400),
-    "unsupported_tools": (
-        json.dumps(chat(tools=[{"type": "function", "function": {"name": "f"}}])).encode(),
+    "deprecated_functions": (
+        json.dumps(chat(functions=[{"name": "f"}])).encode(),
+        "application/json",
+        400,
+    ),
+    "tool_choice_names_no_tool": (
+        json.dumps(
+            chat(
+                tools=[{"type": "function", "function": {"name": "f"}}],
+                tool_choice={"type": "function", "function": {"name": "g"}},
+            )
+        ).encode(),
         "application/json",
         400,
     ),
