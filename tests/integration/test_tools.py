@@ -175,6 +175,10 @@ def test_a_whole_round_trip(client: openai.OpenAI) -> None:
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"function_call": "auto", "tools": None}, "function_call"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
+        # A schema whose grammar would spell out 100,000 repetitions: refused before it is built.
+        ({"tools": [{"type": "function", "function": {"name": "huge", "parameters": {
+            "type": "object", "properties": {"a": {"type": "array", "minItems": 100000}}}}}],
+          "tool_choice": "required"}, "tools"),
     ],
 )  # fmt: skip
 def test_bad_tools_are_openai_400s(service: Service, fields: dict[str, Any], param: str) -> None:

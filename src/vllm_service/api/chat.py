@@ -42,7 +42,7 @@ from vllm_service.api.serving import (
 from vllm_service.api.tools import ToolPlan, ToolStream, parse, plan_tools, render
 from vllm_service.auth import Permission, requires
 from vllm_service.engine import GenerationRequest
-from vllm_service.engine.base import ChatMessage
+from vllm_service.engine.base import ChatMessage, InvalidRequestError
 from vllm_service.engine.registry import DEFAULT_KIND
 from vllm_service.manager import ServedModel
 
@@ -140,7 +140,16 @@ async def create_chat_completion(
     request_id = new_id("chatcmpl")
     plan = _plan(body)
     requests = _requests(body, request_id, served, plan)
-    started = await start(request, manager, served, requests, stream=body.stream, user=body.user)
+    try:
+        started = await start(
+            request, manager, served, requests, stream=body.stream, user=body.user
+        )
+    except InvalidRequestError as exc:
+        if plan is None or exc.param != "response_format":
+            raise
+        # The grammar came from the tools' schemas, not from a response_format.
+        message = exc.message.replace("response_format.json_schema", "the tools' schemas")
+        raise InvalidRequest(message, param="tools", code=exc.code) from None
     created = int(time.time())
     if body.stream:
         return EventSourceResponse(
