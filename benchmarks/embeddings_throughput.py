@@ -45,8 +45,7 @@ def main() -> None:
                 http_rates.append(args.requests * args.batch / (time.perf_counter() - started))
                 started = time.perf_counter()
                 for _ in range(args.requests):
-                    embedder.count_tokens(texts)
-                    embedder.embed_many(texts)
+                    embedder.embed_ids(embedder.encode(texts))
                 local_rates.append(args.requests * args.batch / (time.perf_counter() - started))
     finally:
         proc.terminate()

@@ -128,7 +128,8 @@ async def create_embeddings(request: Request, body: EmbeddingRequest) -> Embeddi
     texts = _texts(body, config)
     embedder = shared_embedder()
     # Counted before anything is embedded: refusing costs a tokenization, not the vectors.
-    counts = await asyncio.to_thread(embedder.count_tokens, texts)
+    texts_ids = await asyncio.to_thread(embedder.encode, texts)
+    counts = [len(ids) for ids in texts_ids]
     for i, count in enumerate(counts):
         if count > config.max_input_tokens:
             raise InvalidRequest(
@@ -140,7 +141,7 @@ async def create_embeddings(request: Request, body: EmbeddingRequest) -> Embeddi
             f"'input' has {sum(counts)} tokens in all; at most {config.max_total_tokens}.",
             param="input",
         )
-    vectors = await asyncio.to_thread(embedder.embed_many, texts)
+    vectors = await asyncio.to_thread(embedder.embed_ids, texts_ids)
     if body.dimensions is not None and body.dimensions < vectors.shape[1]:
         vectors = vectors[:, : body.dimensions]
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -145,12 +145,9 @@ class ToolPlan:
             "auto": "To call functions, answer with only this JSON and nothing else",
             "required": "Answer with only this JSON, calling at least one function",
         }.get(self.choice, f"Answer with only this JSON, calling {self.choice}")
-        lines.append(
-            f'{must}: {{"{ENVELOPE_KEY}": [{{"name": "<function>", "arguments": {{...}}}}]}}. '
-            "Otherwise answer normally."
-            if self.optional
-            else f'{must}: {{"{ENVELOPE_KEY}": [{{"name": "<function>", "arguments": {{...}}}}]}}.'
-        )
+        envelope = f'{{"{ENVELOPE_KEY}": [{{"name": "<function>", "arguments": {{...}}}}]}}'
+        otherwise = " Otherwise answer normally." if self.optional else ""
+        lines.append(f"{must}: {envelope}.{otherwise}")
         return "\n".join(lines)
 
 

@@ -44,18 +44,31 @@ class WordLlamaEmbedder:
         with safe_open(str(weights_file), framework="np") as f:
             weights = f.get_tensor("embedding.weight")
         self._model: Any = WordLlamaInference(weights, tokenizer, binary=False)
+        # The same tokenizer without padding: a batch of texts is not padded to its longest
+        # (one long input among many short ones would multiply the work and the memory).
+        self._unpadded: Any = Tokenizer.from_str(tokenizer.to_str())
+        self._unpadded.no_padding()
+        self._weights: np.ndarray[Any, Any] = np.asarray(weights, dtype=np.float32)
 
     def embed(self, text: str) -> Vector:
         vector = self._model.embed([text], norm=True)[0]
         return np.asarray(vector, dtype=np.float32)
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [int(sum(e.attention_mask)) for e in self._model.tokenize(texts)]
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, unpadded (their count is the text's usage)."""
+        encodings = self._unpadded.encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in encodings]
 
-    def embed_many(self, texts: list[str]) -> np.ndarray[Any, Any]:
-        """Unit-length embeddings of ``texts``, one row each."""
-        vectors = np.asarray(self._model.embed(texts, norm=True), dtype=np.float32)
-        return vectors.reshape(len(texts), -1)
+    def embed_ids(self, texts_ids: list[list[int]]) -> np.ndarray[Any, Any]:
+        """Unit-length embeddings of texts given as token ids (``encode``), one row each: the
+        mean of their token vectors, as WordLlama pools them."""
+        out = np.zeros((len(texts_ids), self._weights.shape[1]), dtype=np.float32)
+        last = self._weights.shape[0] - 1
+        for row, ids in enumerate(texts_ids):
+            if ids:
+                out[row] = self._weights[np.clip(ids, 0, last)].mean(axis=0)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1, norms)
 
     @property
     def dimensions(self) -> int:
