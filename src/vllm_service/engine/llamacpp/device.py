@@ -25,6 +25,8 @@ class DevicePlacement:
     device: Device
     n_gpu_layers: int
     n_threads: int
+    #: llama.cpp's extra CPU weight layouts (repacking, AMX) in use.
+    extra_buffer_types: bool = True
 
 
 def usable_cpus() -> int:
@@ -61,7 +63,9 @@ def choose_device(requested: Device, *, gpu_offload_supported: bool) -> Device:
     return requested
 
 
-def place(options: LlamaCppOptions, *, gpu_offload_supported: bool) -> DevicePlacement:
+def place(
+    options: LlamaCppOptions, *, gpu_offload_supported: bool, amx_built: bool = False
+) -> DevicePlacement:
     device = choose_device(options.device, gpu_offload_supported=gpu_offload_supported)
     if options.n_gpu_layers is not None:
         layers = ALL_LAYERS if options.n_gpu_layers == -1 else options.n_gpu_layers
@@ -69,8 +73,12 @@ def place(options: LlamaCppOptions, *, gpu_offload_supported: bool) -> DevicePla
         layers = 0 if device == "cpu" else ALL_LAYERS
     if device == "cpu":
         layers = 0
+    extra = options.extra_buffer_types
     return DevicePlacement(
-        device=device, n_gpu_layers=layers, n_threads=options.n_threads or usable_cpus()
+        device=device,
+        n_gpu_layers=layers,
+        n_threads=options.n_threads or usable_cpus(),
+        extra_buffer_types=(not amx_built) if extra is None else extra,
     )
 
 

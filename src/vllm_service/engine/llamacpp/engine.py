@@ -25,7 +25,12 @@ from vllm_service.engine.base import (
 from vllm_service.engine.llamacpp.chat_template import CHATML_TEMPLATE, ChatTemplate
 from vllm_service.engine.llamacpp.device import DevicePlacement, available_memory_bytes, place
 from vllm_service.engine.llamacpp.grammar import GrammarBuilder, SchemaLimits
-from vllm_service.engine.llamacpp.model import LlamaModel, ModelLoadError, gpu_offload_supported
+from vllm_service.engine.llamacpp.model import (
+    LlamaModel,
+    ModelLoadError,
+    amx_built,
+    gpu_offload_supported,
+)
 from vllm_service.engine.llamacpp.model_files import (
     BUNDLED_SAMPLING,
     BUNDLED_SAMPLING_SOURCE,
@@ -77,7 +82,7 @@ class LlamaCppEngine:
         # Resolved now so a bad path or device fails at start-up, before the server listens.
         self.model_path: Path = resolve_model_path(options.model)
         self.placement: DevicePlacement = place(
-            options, gpu_offload_supported=gpu_offload_supported()
+            options, gpu_offload_supported=gpu_offload_supported(), amx_built=amx_built()
         )
         self._model: LlamaModel | None = None
         self._prompts: PromptTokenizer | None = None
@@ -205,6 +210,7 @@ class LlamaCppEngine:
                 "model_path": str(self.model_path),
                 "n_gpu_layers": self.placement.n_gpu_layers,
                 "n_threads": self.placement.n_threads,
+                "extra_buffer_types": int(self.placement.extra_buffer_types),
                 "max_model_len": self.options.max_model_len,
                 "max_num_seqs": self.options.max_num_seqs,
                 "grammar_conversions": self._grammars.conversions,

@@ -42,6 +42,14 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+def amx_built() -> bool:
+    """Whether this llama.cpp's CPU backend was compiled with Intel AMX kernels (a native
+    build on a CPU that reports AMX)."""
+    ensure_backend()
+    info = llama_cpp.llama_print_system_info() or b""
+    return b"AMX_INT8 = 1" in info
+
+
 class ModelLoadError(Exception):
     """llama.cpp could not load the model file."""
 
@@ -53,6 +61,7 @@ class LlamaModel:
         ensure_backend()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = placement.n_gpu_layers
+        params.use_extra_bufts = placement.extra_buffer_types
         self.path = path
         self._model: Any = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:

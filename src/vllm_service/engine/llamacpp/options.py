@@ -73,6 +73,12 @@ class LlamaCppOptions(EngineOptions):
         default=True,
         description="Reuse the KV cache of a shared prompt prefix (system prompt, earlier turns).",
     )
+    extra_buffer_types: bool | None = Field(
+        default=None,
+        description="llama.cpp's extra CPU weight layouts (repacked for AVX2/AVX-512, or Intel "
+        "AMX tiles). Unset: on, except in a llama.cpp built with AMX, whose AMX kernels were "
+        "seen to die with SIGILL on a virtual machine that reports AMX.",
+    )
     max_schema_bytes: int = Field(
         default=64 * 1024, ge=64, description="Largest response_format JSON schema, in bytes."
     )

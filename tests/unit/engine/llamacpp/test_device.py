@@ -30,3 +30,14 @@ def test_cpu_never_offloads() -> None:
     placement = place(LlamaCppOptions(device="cpu", n_gpu_layers=10), gpu_offload_supported=True)
     assert placement.n_gpu_layers == 0
     assert placement.n_threads >= 1
+
+
+def test_extra_buffer_types_are_off_by_default_only_in_an_amx_build() -> None:
+    # A native build on a CPU that reports AMX crashed with SIGILL in its AMX kernels on these
+    # virtual machines: the layouts that route weights to them are off there unless asked for.
+    assert place(LlamaCppOptions(), gpu_offload_supported=False).extra_buffer_types
+    assert not place(
+        LlamaCppOptions(), gpu_offload_supported=False, amx_built=True
+    ).extra_buffer_types
+    asked = LlamaCppOptions(extra_buffer_types=True)
+    assert place(asked, gpu_offload_supported=False, amx_built=True).extra_buffer_types
