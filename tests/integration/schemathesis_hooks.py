@@ -27,3 +27,14 @@ def map_body(context: Any, body: Any) -> Any:
     if isinstance(model, str) and hash(model) % 8 != 0:
         body["model"] = SERVED_MODEL
     return body
+
+
+@schemathesis.hook
+def map_path_parameters(context: Any, path_parameters: Any) -> Any:
+    # /v1/models/{model_id} and /admin/models/{model_id}/load|unload: mostly the served model.
+    if not isinstance(path_parameters, dict) or "model_id" not in path_parameters:
+        return path_parameters
+    model = path_parameters["model_id"]
+    if isinstance(model, str) and hash(model) % 8 != 0:
+        return {**path_parameters, "model_id": SERVED_MODEL}
+    return path_parameters

@@ -73,6 +73,44 @@ class DeploymentCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         yield from self._routing()
         yield from self._engines()
+        yield from self._residency()
+
+    def _residency(self) -> Iterable[Metric]:
+        labels = ["deployment"]
+        loaded = GaugeMetricFamily(
+            "vllm_model_loaded", "1 when a model held here is loaded, else 0.", labels=labels
+        )
+        memory = GaugeMetricFamily(
+            "vllm_model_memory_bytes",
+            "Bytes a model held here takes when loaded (its file, plus its KV cache once known).",
+            labels=labels,
+        )
+        loads = CounterMetricFamily(
+            "vllm_model_loads",
+            "Loads of a model held here, by outcome.",
+            labels=[*labels, "outcome"],
+        )
+        unloads = CounterMetricFamily(
+            "vllm_model_unloads",
+            "Unloads of a model held here, by cause (lru: to make room; admin).",
+            labels=[*labels, "cause"],
+        )
+        seconds = GaugeMetricFamily(
+            "vllm_model_load_seconds", "Seconds the last load of a model took.", labels=labels
+        )
+        for deployment, stats in self.snapshot.items():
+            r = stats.residency
+            if r is None:
+                continue
+            loaded.add_metric([deployment], 1.0 if r.state in ("loaded", "draining") else 0.0)
+            memory.add_metric([deployment], float(r.memory_bytes))
+            loads.add_metric([deployment, "success"], r.loads)
+            loads.add_metric([deployment, "failure"], r.failures)
+            for cause in ("lru", "admin"):
+                unloads.add_metric([deployment, cause], r.unloads.get(cause, 0))
+            if r.load_seconds is not None:
+                seconds.add_metric([deployment], r.load_seconds)
+        yield from (loaded, memory, loads, unloads, seconds)
 
     def _routing(self) -> Iterable[Metric]:
         state = GaugeMetricFamily(

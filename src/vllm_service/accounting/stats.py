@@ -16,6 +16,26 @@ BREAKER_STATES = ("closed", "half_open", "open")
 
 
 @dataclass(frozen=True, slots=True)
+class ResidencyStats:
+    """Where a deployment that holds its model here stands in memory (manager/residency.py)."""
+
+    #: unloaded, loading, loaded, draining, unloading or failed.
+    state: str
+    #: Why its last load failed.
+    reason: str | None
+    preload: bool
+    users: int
+    waiting: int
+    loads: int
+    failures: int
+    #: Unloads by cause: lru, admin.
+    unloads: Mapping[str, int]
+    load_seconds: float | None
+    unload_seconds: float | None
+    memory_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeploymentStats:
     """One deployment: its engine's health, its circuit breaker and its routing counters."""
 
@@ -28,10 +48,27 @@ class DeploymentStats:
     #: Attempts sent to it by outcome: success, failure, overloaded, client_error, cancelled,
     #: rejected (by its breaker).
     attempts: Mapping[str, int] = field(default_factory=dict)
+    #: For an engine that holds its model here; None for an upstream.
+    residency: ResidencyStats | None = None
 
     @property
     def ready(self) -> bool:
-        return self.engine.ready
+        """Can serve: loaded and ready, or loadable on demand. A model loaded at start counts
+        as ready once its first load succeeded; a failed load counts against it only then."""
+        r = self.residency
+        if r is None or r.state == "loaded":
+            return self.engine.ready
+        if r.preload:
+            return r.loads > 0 and r.state != "failed"
+        return True
+
+    @property
+    def failed(self) -> bool:
+        """Failed and not ready (a model loaded on demand whose load failed is neither)."""
+        return not self.ready and (
+            self.engine.state == "failed"
+            or (self.residency is not None and self.residency.state == "failed")
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from vllm_service.accounting.ledger import Ledger, LedgerSettings
 from vllm_service.accounting.metrics import Metrics
 from vllm_service.accounting.request_log import configure_request_log
 from vllm_service.accounting.tracing import TRACER_NAME
-from vllm_service.api import cost, openai, ops, quality, tokenize
+from vllm_service.api import cost, loading, openai, ops, quality, tokenize
 from vllm_service.api.auth import AuthGate, authorize, build_gate, open_docs
 from vllm_service.api.connections import ConnectionGuard
 from vllm_service.api.embeddings import embeddings_available
@@ -38,7 +38,14 @@ from vllm_service.quality.monitor import QualityCollector
 from vllm_service.storage import DatabaseError
 
 #: Every router of the app, in the order they are matched.
-ROUTERS = (*openai.ROUTERS, ops.router, tokenize.router, cost.router, quality.router)
+ROUTERS = (
+    *openai.ROUTERS,
+    ops.router,
+    loading.router,
+    tokenize.router,
+    cost.router,
+    quality.router,
+)
 
 
 def create_app(
@@ -55,7 +62,13 @@ def create_app(
     /health and /ready instead.
     """
     cache = ResponseCache(settings.cache) if settings.cache.enabled else None
-    manager = ModelManager(settings.models, engine_factory, cache=cache)
+    manager = ModelManager(
+        settings.models,
+        engine_factory,
+        cache=cache,
+        loading=settings.loading,
+        preload=settings.preloaded(),
+    )
     ledger = _ledger(settings)
     gate = build_gate(settings, ledger.db if ledger is not None else None)
     otel = _telemetry(settings.observability, telemetry)

@@ -1,4 +1,5 @@
-"""GET /v1/models and /v1/models/{id}: every name a model answers to."""
+"""GET /v1/models and /v1/models/{id}: every name a model answers to, and whether it is in
+memory (a model loaded on demand may be unloaded: its first request loads it)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ class ModelObject(BaseModel):
     owned_by: str
     root: str
     max_model_len: int
+    state: Literal["loaded", "loading", "unloaded", "draining", "unloading", "failed"] = Field(
+        default="loaded",
+        description="Extension: whether the model is in memory (an upstream's is 'loaded'). "
+        "An unloaded model loads on its first request.",
+    )
+    state_reason: str | None = Field(
+        default=None, description="Extension: why its last load failed (state 'failed')."
+    )
     sampling_defaults: dict[str, SamplingDefaultOut] = Field(
         default_factory=dict,
         description="Extension: the value a request gets for each sampling knob it leaves out, "
@@ -51,6 +60,7 @@ def _model_objects(manager: ModelManager, principal: Principal) -> list[ModelObj
     for served in manager.served:
         if not principal.may_use(served.config.name):
             continue
+        residency = served.deployments[0].residency
         for card in served.engine.models():
             for name in served.config.all_names:
                 data.append(
@@ -60,6 +70,8 @@ def _model_objects(manager: ModelManager, principal: Principal) -> list[ModelObj
                         owned_by=card.owned_by,
                         root=served.config.name,
                         max_model_len=card.max_model_len,
+                        state=residency.state.value if residency else "loaded",
+                        state_reason=residency.reason if residency else None,
                         sampling_defaults={
                             knob: SamplingDefaultOut(value=d.value, source=d.source)
                             for knob, d in card.sampling_defaults.values

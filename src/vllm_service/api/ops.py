@@ -40,6 +40,8 @@ def _deployment_body(stats: DeploymentStats) -> dict[str, Any]:
         in_flight=stats.in_flight,
     )
     body.update({f"attempts_{outcome}": n for outcome, n in stats.attempts.items()})
+    if stats.residency is not None:
+        body["residency"] = dataclasses.asdict(stats.residency)
     return body
 
 
@@ -48,9 +50,7 @@ def _deployment_body(stats: DeploymentStats) -> dict[str, Any]:
 async def health(request: Request, manager: Manager) -> JSONResponse:
     """Liveness: the process is up; reports each engine's state and device (503 if one failed)."""
     engines = await manager.health()
-    failed = manager.startup_error is not None or any(
-        s.engine.state == "failed" for s in engines.values()
-    )
+    failed = manager.startup_error is not None or any(s.failed for s in engines.values())
     body: dict[str, Any] = {
         "status": "failed" if failed else "ok",
         "version": __version__,
@@ -122,7 +122,7 @@ async def performance_latency(request: Request) -> JSONResponse:
 async def purge_cache(request: Request, manager: Manager) -> JSONResponse:
     """Remove every cached answer."""
     removed = await manager.cache.purge() if manager.cache is not None else 0
-    await _audit(request, "cache.purge", None, {"removed": removed})
+    await audit(request, "cache.purge", None, {"removed": removed})
     return JSONResponse({"purged": removed})
 
 
@@ -131,11 +131,11 @@ async def purge_cache(request: Request, manager: Manager) -> JSONResponse:
 async def purge_cache_key(key: str, request: Request, manager: Manager) -> JSONResponse:
     """Remove one cached answer, by the key a response's x-cache-key header named."""
     removed = await manager.cache.purge(key) if manager.cache is not None else 0
-    await _audit(request, "cache.purge", key[:256], {"removed": removed})
+    await audit(request, "cache.purge", key[:256], {"removed": removed})
     return JSONResponse({"purged": removed})
 
 
-async def _audit(request: Request, action: str, target: str | None, detail: dict[str, Any]) -> None:
+async def audit(request: Request, action: str, target: str | None, detail: dict[str, Any]) -> None:
     """Record an admin action in the audit trail (kept in the keys' database, auth on)."""
     gate: AuthGate | None = request.app.state.auth
     if gate is None:

@@ -82,7 +82,8 @@ async def tokenize(body: TokenizeRequest, request: Request, manager: Manager) ->
     req = GenerationRequest(
         request_id="tokenize", sampling=SamplingParams(), messages=messages, prompt=body.prompt
     )
-    tokens = await engine.tokenize(req, add_special=body.add_special_tokens)
+    async with manager.using(served):  # a model loaded on demand is loaded for it
+        tokens = await engine.tokenize(req, add_special=body.add_special_tokens)
     cards = served.engine.models()
     return TokenizeResponse(count=len(tokens), max_model_len=cards[0].max_model_len, tokens=tokens)
 
@@ -94,4 +95,5 @@ async def detokenize(
 ) -> DetokenizeResponse:
     served = resolve_model(request, manager, body.model)
     engine = _tokenizing(served.engine, body.model)
-    return DetokenizeResponse(prompt=await engine.detokenize(list(body.tokens)))
+    async with manager.using(served):
+        return DetokenizeResponse(prompt=await engine.detokenize(list(body.tokens)))

@@ -20,6 +20,7 @@ from vllm_service.config.embeddings import EmbeddingsConfig
 from vllm_service.config.models import (
     DEFAULT_MODEL_NAME,
     BreakerConfig,
+    LoadingConfig,
     ModelCacheConfig,
     ModelConfig,
     RetryConfig,
@@ -38,7 +39,7 @@ from vllm_service.config.service import (
     SemanticCacheConfig,
     ServerConfig,
 )
-from vllm_service.engine.registry import ENGINE_KINDS
+from vllm_service.engine.registry import ENGINE_KINDS, kind_named
 
 __all__ = [
     "DEFAULT_HOST",
@@ -57,6 +58,7 @@ __all__ = [
     "HostedPriceConfig",
     "JwtConfig",
     "LedgerConfig",
+    "LoadingConfig",
     "ModelCacheConfig",
     "ModelConfig",
     "ObservabilityConfig",
@@ -100,6 +102,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Public model names split between two models."
     )
     models: list[ModelConfig] = Field(default_factory=_default_models, min_length=1)
+    loading: LoadingConfig = Field(default_factory=LoadingConfig)
 
     @field_validator("models")
     @classmethod
@@ -147,6 +150,45 @@ class Settings(BaseSettings):
             if len(set(models)) != len(models) or not set(models) <= names:
                 raise ValueError(f"ab_tests.{test.name}: arms must be two different models")
         return self
+
+    @model_validator(mode="after")
+    def _loading_names(self) -> Settings:
+        canonical = {name: m.name for m in self.models for name in m.all_names}
+        preload = self.loading.preload
+        for name in preload or []:
+            if name not in canonical:
+                raise ValueError(f"loading.preload: {name!r} is not a configured model")
+        limit = self.loading.max_loaded_models
+        if preload is not None and limit is not None:
+            wanted = {canonical[name] for name in preload}
+            resident = [
+                m for m in self.models if m.name in wanted and kind_named(m.engine).resident
+            ]
+            if len(resident) > limit:
+                raise ValueError(
+                    f"loading.preload: {len(resident)} model deployments to load at start, more "
+                    f"than loading.max_loaded_models ({limit})"
+                )
+        return self
+
+    def preloaded(self) -> set[str]:
+        """The models (names) loaded at start (loading.preload, or its default)."""
+        canonical = {name: m.name for m in self.models for name in m.all_names}
+        if self.loading.preload is not None:
+            return {canonical[name] for name in self.loading.preload}
+        names = list(dict.fromkeys(m.name for m in self.models))
+        limit = self.loading.max_loaded_models
+        if limit is None:
+            return set(names)
+        chosen: set[str] = set()
+        count = 0
+        for name in names:
+            deployments = [m for m in self.models if m.name == name]
+            resident = sum(kind_named(m.engine).resident for m in deployments)
+            if count + resident <= limit:
+                chosen.add(name)
+                count += resident
+        return chosen
 
     @classmethod
     def settings_customise_sources(

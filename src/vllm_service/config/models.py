@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Discriminator,
     Field,
@@ -127,3 +128,31 @@ class ModelConfig(_Strict):
     @property
     def all_names(self) -> list[str]:
         return [self.name, *self.aliases]
+
+
+class LoadingConfig(_Strict):
+    """Which models are in memory: those with an engine of their own here (the embedded
+    llama.cpp engine, a managed process). Upstreams are not counted."""
+
+    preload: list[str] | None = Field(
+        default=None,
+        description="Models (names) loaded at start; the others load on their first request. "
+        "Unset: every model, or the first max_loaded_models of them when that is set.",
+    )
+    max_loaded_models: int | None = Field(
+        default=None,
+        ge=1,
+        description="Models loaded at once at most; loading another unloads the least "
+        "recently used idle one (a busy one finishes its requests first). Unset: no limit.",
+    )
+    memory_budget: ByteSize | None = Field(
+        default=None,
+        description="Bytes the loaded models may hold together (e.g. 8GiB): a model's file "
+        "plus its KV cache. A model larger than this alone is refused at start. Unset: no limit.",
+    )
+    retry_failed_after: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a model whose load failed answers 503 with the reason before a "
+        "request tries to load it again (an admin load tries at once).",
+    )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
-EngineState = Literal["starting", "ready", "stopping", "failed"]
+EngineState = Literal["starting", "ready", "stopping", "unloaded", "failed"]
 
 
 class FinishReason(enum.StrEnum):
@@ -27,12 +27,19 @@ class FinishReason(enum.StrEnum):
 
     STOP = "stop"
     LENGTH = "length"
+    #: The model called tools (an upstream's answer with tool_calls).
+    TOOL_CALLS = "tool_calls"
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: Role
     content: str
+    #: For an engine that passes tools through (an upstream): an assistant turn's calls (their
+    #: OpenAI JSON) and the call a tool turn answers. The embedded engine gets them rendered
+    #: into ``content`` instead.
+    tool_calls_json: str | None = None
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +146,10 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
     prompt_token_ids: tuple[int, ...] | None = None
+    #: ``tools``, ``tool_choice`` and ``parallel_tool_calls`` as the client sent them (a JSON
+    #: object), for engines that pass tools through (an upstream); its calls come back as
+    #: ``TokenDelta.tool_calls``.
+    tools_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +211,17 @@ class Timing:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call, as OpenAI streams them: the call's index in the answer, its id
+    and function name on its first piece, pieces of its JSON arguments after."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TokenDelta:
     """New output of one sequence. The final delta carries finish_reason and usage."""
 
@@ -212,6 +234,8 @@ class TokenDelta:
     prompt_logprobs: tuple[PromptTokenLogprob, ...] = ()
     #: Set on the final delta by engines that measure it.
     timing: Timing | None = None
+    #: Pieces of tool calls (an upstream passing tools through).
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +322,17 @@ class Tokenizing(Protocol):
         ...
 
     async def detokenize(self, tokens: list[int]) -> str: ...
+
+
+@runtime_checkable
+class Resident(Protocol):
+    """An engine that holds its model in memory here and can say how much (the manager's
+    loader keeps the loaded models within loading.memory_budget)."""
+
+    def memory_bytes(self) -> int | None:
+        """Bytes it holds once loaded: measured after a load, estimated before; None when
+        unknown."""
+        ...
 
 
 class EngineError(Exception):

@@ -69,6 +69,9 @@ class ProcessEngine:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Launch the process; also after ``stop()`` (the manager unloads and reloads it)."""
+        self._stopping = False
+        self._state = "starting"
         await self._upstream.start()
         try:
             await self._launch()
@@ -147,14 +150,17 @@ class ProcessEngine:
             await process.wait()
 
     async def stop(self) -> None:
+        failed = self._state == "failed"
         self._stopping = True
         self._state = "stopping"
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+            self._watcher = None
         await self._terminate()
         await self._upstream.stop()
+        self._state = "failed" if failed else "unloaded"
 
     # -- the contract -------------------------------------------------------------------------
 

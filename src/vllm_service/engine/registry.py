@@ -35,6 +35,9 @@ class EngineKind:
     #: What this kind's options must hold, for the error when ``engine:`` and options disagree.
     needs: str
     build: Factory
+    #: Holds its model here (in this process, or a process it runs): loaded and unloaded on
+    #: demand within loading.max_loaded_models and loading.memory_budget. An upstream is not.
+    resident: bool
 
 
 def _llamacpp(name: str, options: EngineOptions, defaults: SamplingDefaultsConfig) -> Engine:
@@ -61,13 +64,18 @@ def _process(name: str, options: EngineOptions, defaults: SamplingDefaultsConfig
 #: Every engine kind. Kinds with a marker come first; the default kind (no marker) last.
 ENGINE_KINDS: tuple[EngineKind, ...] = (
     EngineKind(
-        "upstream", UpstreamOptions, "base_url", "options.base_url and options.model", _upstream
+        "upstream",
+        UpstreamOptions,
+        "base_url",
+        "options.base_url and options.model",
+        _upstream,
+        False,
     ),
     EngineKind(
-        "process", ProcessOptions, "kind", "options.kind and options.served_model", _process
+        "process", ProcessOptions, "kind", "options.kind and options.served_model", _process, True
     ),
     EngineKind(
-        "llamacpp", LlamaCppOptions, None, "llama.cpp options (e.g. options.model)", _llamacpp
+        "llamacpp", LlamaCppOptions, None, "llama.cpp options (e.g. options.model)", _llamacpp, True
     ),
 )
 DEFAULT_KIND = ENGINE_KINDS[-1]

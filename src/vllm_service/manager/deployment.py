@@ -11,6 +11,7 @@ from opentelemetry import trace
 from vllm_service.config import ModelConfig
 from vllm_service.engine import Engine, EngineUnavailableError, InvalidRequestError
 from vllm_service.manager.breaker import CircuitBreaker, Permit
+from vllm_service.manager.residency import Residency
 
 
 @dataclass(eq=False)
@@ -22,8 +23,11 @@ class Deployment:
     engine: Engine
     breaker: CircuitBreaker
     in_flight: int = 0
-    #: Outcomes of attempts: success, failure, overloaded, client_error, cancelled, rejected.
+    #: Outcomes of attempts: success, failure, overloaded, client_error, cancelled, rejected,
+    #: unavailable (its model could not be loaded in time).
     outcomes: Counter[str] = field(default_factory=Counter)
+    #: Its place in memory, for an engine that holds its model here (None: an upstream).
+    residency: Residency | None = None
 
 
 @dataclass(eq=False)
@@ -54,6 +58,8 @@ class Attempt:
             self.permit.success()
         self.deployment.outcomes[outcome] += 1
         self.deployment.in_flight -= 1
+        if self.deployment.residency is not None:
+            self.deployment.residency.release()
         self.span.set_attribute("vllm.outcome", outcome)
         self.span.end()
         return outcome

@@ -20,11 +20,12 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from opentelemetry import trace
 
 from vllm_service.accounting.stats import DeploymentStats
-from vllm_service.config import ModelConfig, RetryConfig
+from vllm_service.config import LoadingConfig, ModelConfig, RetryConfig
 from vllm_service.engine import (
     Engine,
     EngineError,
@@ -39,6 +40,7 @@ from vllm_service.manager.breaker import BreakerOpenError, CircuitBreaker
 from vllm_service.manager.cache import ResponseCache
 from vllm_service.manager.cached_answer import CacheControl
 from vllm_service.manager.deployment import Attempt, Deployment, ServedModel
+from vllm_service.manager.residency import ModelLoader
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,10 @@ class ModelManager:
         *,
         cache: ResponseCache | None = None,
         clock: Callable[[], float] = time.monotonic,
+        loading: LoadingConfig | None = None,
+        preload: set[str] | None = None,
     ) -> None:
+        """``preload``: the models loaded at start (None: all); the others load on demand."""
         self._clock = clock
         self.cache = cache
         #: Spans of cache lookups and of attempts on deployments (the app sets its own).
@@ -100,6 +105,9 @@ class ModelManager:
         self._by_name = {
             name: s for s in self._served for d in s.deployments for name in d.config.all_names
         }
+        self.loader = ModelLoader.for_deployments(
+            self.deployments, loading or LoadingConfig(), preload, clock
+        )
         self.startup_error: BaseException | None = None
         self._devices: dict[str, str] = {}
         #: Models whose traffic goes to their fallbacks first (the quality gate holds them).
@@ -137,16 +145,22 @@ class ModelManager:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every engine; a failure is kept for /health and /ready to report."""
-        try:
-            await asyncio.gather(*(d.engine.start() for d in self.deployments))
-        except Exception as exc:
-            logger.exception("an engine failed to start")
-            self.startup_error = exc
+        """Start the upstreams and load the preloaded models (the others load on demand);
+        a failure is kept for /health and /ready to report."""
+        results = await asyncio.gather(
+            *(d.engine.start() for d in self.deployments if d.residency is None),
+            *(self.loader.load(r) for r in self.loader.residencies if r.preload),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                logger.error("an engine failed to start: %s", result)
+                self.startup_error = self.startup_error or result
         for dep_id, stats in (await self.health()).items():
             self._devices[dep_id] = stats.engine.device
 
     async def stop(self) -> None:
+        await self.loader.stop()
         await asyncio.gather(*(d.engine.stop() for d in self.deployments), return_exceptions=True)
         if self.cache is not None:
             await self.cache.close()
@@ -163,9 +177,25 @@ class ModelManager:
                 breaker_opened=dep.breaker.opened_total,
                 in_flight=dep.in_flight,
                 attempts=dict(dep.outcomes),
+                residency=dep.residency.stats() if dep.residency is not None else None,
             )
             for dep, health in zip(deployments, results, strict=True)
         }
+
+    @asynccontextmanager
+    async def using(self, served: ServedModel, wait: float = 60.0) -> AsyncIterator[Engine]:
+        """The model's first engine, loaded (on demand) and held loaded while in use."""
+        dep = served.deployments[0]
+        if dep.residency is None:
+            yield dep.engine
+            return
+        error = await self.loader.hold(dep.residency, wait)
+        if error is not None:
+            raise error
+        try:
+            yield dep.engine
+        finally:
+            dep.residency.release()
 
     # -- serving --------------------------------------------------------------------------
 
@@ -306,6 +336,16 @@ class ModelManager:
             if attempts:
                 await self._backoff(attempts, error, retry, deadline)
             attempts += 1
+            try:
+                unloaded = await self.loader.hold(dep.residency, deadline - self._clock())
+            except BaseException:
+                permit.release()  # the client went away while the model loaded
+                raise
+            if unloaded is not None:
+                permit.release()  # not the deployment's failure: its model is not in memory
+                dep.outcomes["unavailable"] += 1
+                error = unloaded
+                continue
             attempt = Attempt(dep, permit, self._attempt_span(dep, attempts))
             dep.in_flight += 1
             stream = dep.engine.generate(req)

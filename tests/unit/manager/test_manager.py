@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.fakes import FakeEngines, answer
+from vllm_service.accounting.stats import DeploymentStats
 from vllm_service.config import CacheConfig, ModelConfig
 from vllm_service.engine import (
     EngineError,
@@ -219,7 +220,13 @@ def test_sampled_requests_bypass_the_cache() -> None:
 
 def test_health_reports_typed_stats_per_deployment() -> None:
     mgr, _ = manager([entry("m"), entry("m")])
-    stats = run(mgr.health())
+    assert not run(mgr.health())["m"].ready  # its model is loaded at start: not yet started
+
+    async def started() -> dict[str, DeploymentStats]:
+        await mgr.start()
+        return await mgr.health()
+
+    stats = run(started())
     assert sorted(stats) == ["m", "m#1"]
     assert stats["m#1"].model == "m"
     assert stats["m"].breaker == "closed"

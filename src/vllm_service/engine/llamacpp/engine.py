@@ -81,6 +81,7 @@ class LlamaCppEngine:
         self.sampling_defaults = self._layer_defaults({})
         # Resolved now so a bad path or device fails at start-up, before the server listens.
         self.model_path: Path = resolve_model_path(options.model)
+        self._file_bytes = self.model_path.stat().st_size
         self.placement: DevicePlacement = place(
             options, gpu_offload_supported=gpu_offload_supported(), amx_built=amx_built()
         )
@@ -100,11 +101,15 @@ class LlamaCppEngine:
         self._template: ChatTemplate | None = None
         self._state: EngineState = "starting"
         self._created = int(time.time())
+        #: The KV cache's bytes, known once the model has been loaded.
+        self._kv_bytes: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Load the model; also after ``stop()`` (the manager unloads and reloads it)."""
         loop = asyncio.get_running_loop()
+        self._state = "starting"
         try:
             await asyncio.to_thread(self._load_quietly, loop.call_soon_threadsafe)
         except BaseException:
@@ -165,6 +170,9 @@ class LlamaCppEngine:
         )
         self._prompts = PromptTokenizer(model, self._template, self.options.max_model_len)
         self._check_kv_fits(model)
+        self._kv_bytes = model.kv_cache_bytes(
+            self.options.max_model_len * self.options.max_num_seqs
+        )
         scheduler = Scheduler(
             model,
             n_threads=self.placement.n_threads,
@@ -181,6 +189,7 @@ class LlamaCppEngine:
         self._scheduler = scheduler
 
     async def stop(self) -> None:
+        failed = self._state == "failed"
         self._state = "stopping"
         scheduler, model = self._scheduler, self._model
         self._scheduler = None
@@ -189,6 +198,12 @@ class LlamaCppEngine:
         if model is not None:
             model.close()
         self._model = None
+        self._prompts = None
+        self._state = "failed" if failed else "unloaded"
+
+    def memory_bytes(self) -> int:
+        """The weights (the file's size: llama.cpp maps it) and the KV cache (once known)."""
+        return self._file_bytes + (self._kv_bytes or 0)
 
     # -- the contract -------------------------------------------------------------------------
 
