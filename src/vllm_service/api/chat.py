@@ -39,6 +39,7 @@ from vllm_service.api.serving import (
     stream_failed,
     usage_info,
 )
+from vllm_service.api.tool_passthrough import merge_calls, tools_json, upstream_message
 from vllm_service.api.tools import ToolPlan, ToolStream, parse, plan_tools, render
 from vllm_service.auth import Permission, requires
 from vllm_service.engine import GenerationRequest
@@ -46,7 +47,8 @@ from vllm_service.engine.base import ChatMessage, InvalidRequestError
 from vllm_service.engine.registry import DEFAULT_KIND
 from vllm_service.manager import ServedModel
 
-#: The engine kind whose models take tools (the service's own tool-call format).
+#: The engine kind whose models take tools in the service's own tool-call format; the others
+#: get them passed through (api/tool_passthrough.py).
 EMBEDDED = DEFAULT_KIND.name
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -72,15 +74,13 @@ def _requests(
         if extra.get(name) is not None:
             raise InvalidRequest(f"'{name}' is not supported by this server.", param=name)
     calls = [m.tool_calls for m in body.messages]
-    if (plan is not None or any(calls)) and served.config.engine != EMBEDDED:
-        raise InvalidRequest(
-            f"Tool calling is supported for models of the embedded engine; "
-            f"'{served.config.name}' is served by '{served.config.engine}'.",
-            param="tools",
-        )
-    messages = render([_message(m, body.messages) for m in body.messages], calls, plan)
+    own_tools = served.config.engine == EMBEDDED
+    if own_tools:
+        messages = render([_message(m, body.messages) for m in body.messages], calls, plan)
+    else:  # an upstream takes the tools and the history's calls as the client sent them
+        messages = tuple(upstream_message(m) for m in body.messages)
     json_object, json_schema = _response_format(body)
-    if plan is not None:
+    if plan is not None and own_tools:
         if json_object or json_schema is not None:
             raise InvalidRequest(
                 "'response_format' cannot be combined with 'tools'.", param="response_format"
@@ -91,6 +91,7 @@ def _requests(
         GenerationRequest(
             request_id=f"{request_id}-{i}",
             messages=messages,
+            tools_json=None if own_tools else tools_json(body),
             sampling=sampling(
                 body,
                 max_tokens=body.completion_budget(),
@@ -98,7 +99,7 @@ def _requests(
                 choice=i,
                 json_object=json_object,
                 json_schema=json_schema,
-                json_optional=plan is not None and plan.optional,
+                json_optional=plan is not None and plan.optional and own_tools,
             ),
         )
         for i in range(body.n)
@@ -140,6 +141,8 @@ async def create_chat_completion(
     request_id = new_id("chatcmpl")
     plan = _plan(body)
     requests = _requests(body, request_id, served, plan)
+    if served.config.engine != EMBEDDED:
+        plan = None  # the upstream makes and streams its own calls
     try:
         started = await start(
             request, manager, served, requests, stream=body.stream, user=body.user
@@ -161,11 +164,14 @@ async def create_chat_completion(
     for i, final in enumerate(collected.finals):
         assert final.finish_reason is not None
         text, reason = collected.texts[i], finish_reason(final.finish_reason)
-        calls = parse(text, plan) if plan is not None and reason == "stop" else None
+        calls = merge_calls(collected.tool_calls[i]) or None
+        if plan is not None and reason == "stop":
+            calls = parse(text, plan)
+        content = None if calls and (plan is not None or not text) else text
         choices.append(
             ChatChoice(
                 index=i,
-                message=ChatMessageOut(content=None if calls else text, tool_calls=calls),
+                message=ChatMessageOut(content=content, tool_calls=calls),
                 logprobs=chat_logprobs(collected.logprobs[i]) if body.logprobs else None,
                 finish_reason="tool_calls" if calls else reason,
             )
@@ -206,6 +212,8 @@ async def _stream(
             if text or (delta.logprobs and not held):
                 logprobs = chat_logprobs(delta.logprobs) if body.logprobs and not held else None
                 pending.add(chunks.content(index, text, logprobs))
+            if delta.tool_calls:
+                pending.add(chunks.tool_call_pieces(index, delta.tool_calls))
             if delta.finish_reason is not None:
                 if held:
                     calls, rest = held[index].finish(finish_reason(delta.finish_reason))

@@ -33,6 +33,7 @@ from vllm_service.api.errors import APIError, error_body, from_engine_error
 from vllm_service.api.tools import FunctionCallDelta, ToolCallDelta, ToolCallOut
 from vllm_service.engine import EngineError, FinishReason
 from vllm_service.engine.base import PromptTokenLogprob, TokenLogprob
+from vllm_service.engine.base import ToolCallDelta as EngineToolCallDelta
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,19 @@ class ChatChunks(_Chunks):
         delta = ChatDelta()
         out: FinishReasonOut = "tool_calls" if reason == "tool_calls" else finish_reason(reason)
         return self._event(ChatChunkChoice(index=index, delta=delta, finish_reason=out))
+
+    def tool_call_pieces(self, index: int, pieces: tuple[EngineToolCallDelta, ...]) -> bytes:
+        """Pieces of an upstream's calls, passed on as it streamed them."""
+        parts = [
+            ToolCallDelta(
+                index=p.index,
+                id=p.id,
+                type="function" if p.id is not None else None,
+                function=FunctionCallDelta(name=p.name, arguments=p.arguments),
+            )
+            for p in pieces
+        ]
+        return self._event(ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=parts)))
 
     def tool_calls(self, index: int, calls: list[ToolCallOut]) -> bytes:
         """A choice's calls as OpenAI streams them: per call, its id, type and name (with

@@ -32,7 +32,7 @@ from vllm_service.api.timing import ServerTiming, wants_timing
 from vllm_service.auth.audit import record_content
 from vllm_service.config import ServerConfig
 from vllm_service.engine import GenerationRequest, SamplingParams, TokenDelta
-from vllm_service.engine.base import PromptTokenLogprob, TokenLogprob
+from vllm_service.engine.base import PromptTokenLogprob, TokenLogprob, ToolCallDelta
 from vllm_service.manager import (
     CACHE_DEPLOYMENT,
     CacheControl,
@@ -358,6 +358,8 @@ class Collected:
     logprobs: list[list[TokenLogprob]]
     prompt_logprobs: list[tuple[PromptTokenLogprob, ...]]
     finals: list[TokenDelta]
+    #: Pieces of the tool calls each choice made (an upstream's, passed through).
+    tool_calls: list[list[ToolCallDelta]]
 
 
 async def collect(request: Request, started: Started, texts: list[str]) -> Collected:
@@ -372,9 +374,11 @@ async def _collect(streams: ChoiceStreams, texts: list[str]) -> Collected:
     lps: list[list[TokenLogprob]] = [[] for _ in texts]
     prompt_lps: list[tuple[PromptTokenLogprob, ...]] = [() for _ in texts]
     finals: list[TokenDelta | None] = [None] * len(texts)
+    calls: list[list[ToolCallDelta]] = [[] for _ in texts]
     async for index, delta in streams.merged():
         texts[index] += delta.text
         lps[index].extend(delta.logprobs)
+        calls[index].extend(delta.tool_calls)
         if delta.prompt_logprobs:
             prompt_lps[index] = delta.prompt_logprobs
         if delta.finish_reason is not None:
@@ -382,4 +386,4 @@ async def _collect(streams: ChoiceStreams, texts: list[str]) -> Collected:
     done = [f for f in finals if f is not None]
     if len(done) != len(finals):
         raise APIError(500, "A choice ended without a finish reason.")
-    return Collected(texts, lps, prompt_lps, done)
+    return Collected(texts, lps, prompt_lps, done, calls)

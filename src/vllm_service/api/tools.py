@@ -72,6 +72,10 @@ class ToolCallIn(BaseModel):
     function: FunctionCallIn
 
 
+def new_call_id() -> str:
+    return f"call_{os.urandom(12).hex()}"
+
+
 class FunctionCallOut(BaseModel):
     name: str
     arguments: str
@@ -263,7 +267,7 @@ def parse(text: str, plan: ToolPlan) -> list[ToolCallOut] | None:
         arguments = json.dumps(item.get("arguments", {}), ensure_ascii=False)
         calls.append(
             ToolCallOut(
-                id=f"call_{os.urandom(12).hex()}",
+                id=new_call_id(),
                 function=FunctionCallOut(name=str(item["name"]), arguments=arguments),
             )
         )

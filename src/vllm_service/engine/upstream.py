@@ -26,6 +26,7 @@ from opentelemetry import propagate
 
 from vllm_service.engine.base import (
     SAMPLING_KNOBS,
+    ChatMessage,
     EngineError,
     EngineHealth,
     EngineState,
@@ -81,7 +82,9 @@ def _payload(req: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
     if s.ignore_eos:
         body["ignore_eos"] = True
     if req.messages is not None:
-        body["messages"] = [{"role": m.role, "content": m.content} for m in req.messages]
+        body["messages"] = [_message(m) for m in req.messages]
+        if req.tools_json is not None:
+            body.update(json.loads(req.tools_json))
         if s.json_schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
@@ -94,6 +97,17 @@ def _payload(req: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
         list(req.prompt_token_ids) if req.prompt_token_ids is not None else (req.prompt or "")
     )
     return "/completions", body
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    """A chat message as OpenAI's API takes it, tool calls and tool results included."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls_json is not None:
+        out["tool_calls"] = json.loads(m.tool_calls_json)
+        out["content"] = m.content or None
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 def _error_message(response_text: str, status: int) -> str:
@@ -205,8 +219,8 @@ class UpstreamEngine:
                     body_text = await bounded_body(response)
                     raise self._status_error(response.status, body_text, response.headers)
                 async for line in bounded_lines(response):
-                    for piece in stream.feed(line):
-                        yield TokenDelta(text=piece)
+                    for delta in stream.feed(line):
+                        yield delta
             final = stream.final()
         except TimeoutError as exc:
             self._failures += 1

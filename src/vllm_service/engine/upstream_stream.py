@@ -8,6 +8,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -17,6 +18,7 @@ from vllm_service.engine.base import (
     GenerationRequest,
     Timing,
     TokenDelta,
+    ToolCallDelta,
     UpstreamProtocolError,
     Usage,
 )
@@ -24,6 +26,14 @@ from vllm_service.engine.base import (
 #: Longest SSE line accepted from an upstream, and most of an error body read.
 MAX_LINE_BYTES = 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
+#: Most tool calls one upstream answer may make (an index beyond is a malformed chunk).
+MAX_TOOL_CALLS = 128
+#: An upstream's finish reasons as ours ("function_call": the deprecated name of a call).
+FINISH_REASONS = {
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
+}
 #: Without the upstream's tokenizer, usage it did not send is estimated at OpenAI's rule of
 #: thumb (about 4 characters of English per token), plus ChatML's few tokens per message.
 CHARS_PER_TOKEN = 4.0
@@ -53,9 +63,40 @@ async def bounded_body(response: aiohttp.ClientResponse) -> str:
     return body[:MAX_ERROR_BODY_BYTES].decode("utf-8", errors="replace")
 
 
-def parse_chunk(data: str, chat: bool) -> tuple[list[tuple[str | None, str | None]], Usage | None]:
-    """(text, finish_reason) of each choice, and usage, from one chunk; raises on bad shape,
-    and an EngineError for an error event."""
+@dataclass(frozen=True, slots=True)
+class ChoicePiece:
+    """What one chunk says of one choice: a text piece, tool-call pieces, a finish reason."""
+
+    text: str | None
+    reason: str | None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+
+
+def _tool_calls(raw: object) -> tuple[ToolCallDelta, ...]:
+    """A delta's tool_calls pieces (OpenAI's streamed shape); raises on a bad shape."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise TypeError("tool_calls must be a list")
+    out = []
+    for item in raw:
+        function = item.get("function") or {}
+        index, call_id = item.get("index", 0), item.get("id")
+        name, arguments = function.get("name"), function.get("arguments") or ""
+        if not isinstance(index, int) or not 0 <= index < MAX_TOOL_CALLS:
+            raise TypeError("a tool call's index must be a small integer")
+        for value in (call_id, name):
+            if value is not None and not isinstance(value, str):
+                raise TypeError("a tool call's id and name must be strings")
+        if not isinstance(arguments, str):
+            raise TypeError("a tool call's arguments must be a string")
+        out.append(ToolCallDelta(index=index, id=call_id, name=name, arguments=arguments))
+    return tuple(out)
+
+
+def parse_chunk(data: str, chat: bool) -> tuple[list[ChoicePiece], Usage | None]:
+    """Each choice's piece, and usage, from one chunk; raises on bad shape, and an
+    EngineError for an error event."""
     try:
         chunk = json.loads(data)
         if not isinstance(chunk, dict):
@@ -80,7 +121,8 @@ def parse_chunk(data: str, chat: bool) -> tuple[list[tuple[str | None, str | Non
             reason = choice.get("finish_reason")
             if piece is not None and not isinstance(piece, str):
                 raise TypeError("content must be a string")
-            out.append((piece, None if reason is None else str(reason)))
+            calls = _tool_calls(source.get("tool_calls")) if chat else ()
+            out.append(ChoicePiece(piece, None if reason is None else str(reason), calls))
         return out, usage
     except (ValueError, TypeError, AttributeError) as exc:
         # Never echo what the upstream sent: only what was wrong with it.
@@ -118,8 +160,8 @@ class UpstreamStream:
         self._usage: Usage | None = None
         self._done = False
 
-    def feed(self, line: str) -> list[str]:
-        """The text pieces one SSE line carries (most carry one or none)."""
+    def feed(self, line: str) -> list[TokenDelta]:
+        """The deltas one SSE line carries (most carry one or none): text, tool-call pieces."""
         # After [DONE] the rest is read to the end (the chunked terminator), so the connection
         # goes back to the pool instead of being closed.
         if self._done or not line.startswith("data:"):
@@ -130,15 +172,16 @@ class UpstreamStream:
             return []
         choices, usage = parse_chunk(data, self._chat)
         self._usage = usage or self._usage
-        pieces = []
-        for piece, reason in choices:
-            if reason:
-                self._finish = FinishReason.LENGTH if reason == "length" else FinishReason.STOP
-            if piece:
+        deltas = []
+        for choice in choices:
+            if choice.reason:
+                self._finish = FINISH_REASONS.get(choice.reason, FinishReason.STOP)
+            if choice.text or choice.tool_calls:
                 self._stamps.append(time.monotonic())
-                self._pieces.append(piece)
-                pieces.append(piece)
-        return pieces
+                self._pieces.append(choice.text or "")
+                self._pieces.extend(c.arguments for c in choice.tool_calls)
+                deltas.append(TokenDelta(text=choice.text or "", tool_calls=choice.tool_calls))
+        return deltas
 
     def final(self) -> TokenDelta:
         """The last delta: finish reason, usage, timing; an error if the upstream gave no

@@ -124,6 +124,10 @@ class ResponseCache:
         sampling = req.sampling
         if sampling.prompt_logprobs is not None:
             return None  # a stored answer keeps no prompt scores to replay
+        if req.tools_json is not None or any(
+            m.tool_calls_json or m.tool_call_id for m in req.messages or ()
+        ):
+            return None  # tools passed through to an upstream: its calls are not stored
         reproducible = sampling.temperature == 0 or sampling.seed is not None
         if not (reproducible or self.config.cache_sampled):
             return None

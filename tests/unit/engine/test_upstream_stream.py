@@ -9,7 +9,12 @@ import pytest
 
 from vllm_service.engine import EngineError, FinishReason, GenerationRequest, SamplingParams
 from vllm_service.engine.base import ChatMessage, UpstreamProtocolError
-from vllm_service.engine.upstream_stream import UpstreamStream, estimate_usage, parse_chunk
+from vllm_service.engine.upstream_stream import (
+    ChoicePiece,
+    UpstreamStream,
+    estimate_usage,
+    parse_chunk,
+)
 
 CHAT = GenerationRequest(
     request_id="r",
@@ -27,9 +32,9 @@ def chat_chunk(content: str | None, reason: str | None = None) -> dict[str, obje
 
 
 def test_chat_and_completion_chunks_give_their_text_and_finish_reason() -> None:
-    assert parse_chunk(json.dumps(chat_chunk("hi")), chat=True) == ([("hi", None)], None)
+    assert parse_chunk(json.dumps(chat_chunk("hi")), chat=True) == ([ChoicePiece("hi", None)], None)
     text = {"choices": [{"index": 0, "text": "yo", "finish_reason": "length"}]}
-    assert parse_chunk(json.dumps(text), chat=False) == ([("yo", "length")], None)
+    assert parse_chunk(json.dumps(text), chat=False) == ([ChoicePiece("yo", "length")], None)
 
 
 def test_usage_is_read_with_its_cached_tokens() -> None:
@@ -72,7 +77,7 @@ def test_a_stream_gives_its_pieces_then_a_final_delta_with_the_upstream_usage() 
         "data: [DONE]",
         line(chat_chunk("after done")),  # read to the end, never handed on
     ]
-    assert [p for text in lines for p in stream.feed(text)] == ["a", "b"]
+    assert [d.text for text in lines for d in stream.feed(text)] == ["a", "b"]
     final = stream.final()
     assert final.finish_reason is FinishReason.STOP
     assert final.usage is not None
@@ -97,3 +102,29 @@ def test_a_stream_cut_without_a_finish_reason_is_an_error() -> None:
     stream.feed(line(chat_chunk("partial")))
     with pytest.raises(UpstreamProtocolError, match="finish reason"):
         stream.final()
+
+
+def test_tool_call_pieces_are_read_and_a_malformed_one_is_refused() -> None:
+    first = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "f", "arguments": ""},
+    }
+    more = {"index": 0, "function": {"arguments": '{"a": 1}'}}
+    chunk = {"choices": [{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}]}
+    stream = UpstreamStream(CHAT)
+    deltas = stream.feed(line(chunk))
+    chunk["choices"][0]["delta"] = {"tool_calls": [more]}
+    deltas += stream.feed(line(chunk))
+    chunk["choices"][0].update(delta={}, finish_reason="tool_calls")
+    stream.feed(line(chunk))
+    assert [(c.index, c.id, c.name, c.arguments) for d in deltas for c in d.tool_calls] == [
+        (0, "call_1", "f", ""),
+        (0, None, None, '{"a": 1}'),
+    ]
+    assert stream.final().finish_reason is FinishReason.TOOL_CALLS
+    for bad in ({"index": "0"}, {"index": 10**6}, {"function": {"arguments": 1}}, {"id": 7}):
+        chunk["choices"][0].update(delta={"tool_calls": [bad]}, finish_reason=None)
+        with pytest.raises(UpstreamProtocolError):
+            UpstreamStream(CHAT).feed(line(chunk))
