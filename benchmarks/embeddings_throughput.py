@@ -1,8 +1,8 @@
 """Embeddings per second through POST /v1/embeddings (batches of 64 short texts), beside the
-same embedder called in this process (the floor the HTTP API adds to). Prints numbers; asserts
-nothing.
+same embedder called in this process (the floor the HTTP API adds to); then the bundled chat
+model mean-pooled by llama.cpp (the GGUF path), cache off. Prints numbers; asserts nothing.
 
-    python benchmarks/embeddings_throughput.py [--requests 50] [--batch 64]
+    python benchmarks/embeddings_throughput.py [--requests 50] [--batch 64] [--gguf-requests 3]
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--gguf-requests", type=int, default=3)
     args = parser.parse_args()
     texts = [
         f"A short sentence number {i} about the weather and the sea." for i in range(args.batch)
     ]
     work = Path(tempfile.mkdtemp(prefix="embeddings-"))
-    proc, url = start_configured("embeddings", {"observability": {"log_requests": False}}, work)
+    config = {"observability": {"log_requests": False}, "cache": {"enabled": False}}
+    proc, url = start_configured("embeddings", config, work)
     embedder = shared_embedder()
     http_rates, local_rates = [], []
     try:
@@ -47,6 +49,12 @@ def main() -> None:
                 for _ in range(args.requests):
                     embedder.embed_ids(embedder.encode(texts))
                 local_rates.append(args.requests * args.batch / (time.perf_counter() - started))
+            gguf_rates = []
+            for _ in range(args.gguf_requests):
+                started = time.perf_counter()
+                gguf = {"model": "smollm2-135m-instruct", "input": texts}
+                assert http.post(f"{url}/v1/embeddings", json=gguf).status_code == 200
+                gguf_rates.append(args.batch / (time.perf_counter() - started))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -56,6 +64,10 @@ def main() -> None:
     )
     print(
         f"  in process:                  median {statistics.median(local_rates):,.0f} embeddings/s"
+    )
+    print(
+        f"  smollm2-135m-instruct (GGUF, mean-pooled, {args.gguf_requests} requests): "
+        f"median {statistics.median(gguf_rates):,.1f} embeddings/s"
     )
 
 

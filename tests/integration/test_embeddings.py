@@ -11,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import Service
+from tests.conftest import MODEL, Service
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +31,29 @@ def test_the_sdk_gets_unit_vectors_in_order(client: openai.OpenAI) -> None:
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
     again = client.embeddings.create(model=EMBEDDER, input=texts)
     assert np.array_equal(vectors, np.array([d.embedding for d in again.data]))
+
+
+def test_a_gguf_model_is_mean_pooled_by_llama_cpp(client: openai.OpenAI) -> None:
+    texts = ["The cat sleeps on the sofa.", "A kitten naps on the couch.", "Stock prices fell."]
+    reply = client.embeddings.create(model=MODEL, input=texts)
+    assert reply.model == MODEL
+    vectors = np.array([d.embedding for d in reply.data])
+    assert vectors.shape == (3, 576)  # the bundled model's hidden size
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > max(vectors[0] @ vectors[2], vectors[1] @ vectors[2]) + 0.1
+    # one forward pass per text: a text's vector does not depend on what came with it
+    alone = client.embeddings.create(model=MODEL, input=texts[2]).data[0].embedding
+    assert np.array_equal(np.array(alone), vectors[2])
+    encoded = client.embeddings.create(model=MODEL, input=texts, encoding_format="base64")
+    raw = base64.b64decode(str(encoded.data[0].embedding))
+    assert np.array_equal(np.frombuffer(raw, dtype="<f4"), vectors[0].astype(np.float32))
+    assert reply.usage.prompt_tokens == client.embeddings.create(
+        model=MODEL, input=texts[:2]
+    ).usage.prompt_tokens + alone_tokens(client, texts[2])
+
+
+def alone_tokens(client: openai.OpenAI, text: str) -> int:
+    return client.embeddings.create(model=MODEL, input=text).usage.prompt_tokens
 
 
 def test_float_and_base64_agree_and_dimensions_truncate(service: Service) -> None:
@@ -68,7 +91,10 @@ def test_the_model_is_listed_and_retrievable(client: openai.OpenAI) -> None:
         ({"input": "x", "encoding_format": "int8"}, "encoding_format", 400),
         ({"input": "\ud800"}, "input", 400),
         ({"input": "x", "model": "no-such-model"}, "model", 404),
-        ({"input": "x", "model": "smollm2-135m-instruct"}, "model", 404),
+        ({"input": "x", "model": MODEL, "dimensions": 64}, "dimensions", 400),
+        ({"input": "word " * 3000, "model": MODEL}, "input", 400),
+        ({"input": [[1, 2], [3]], "model": MODEL}, "input", 400),
+        ({"input": "<|im_start|>" * 2100, "model": MODEL}, "input", 400),
     ],
 )
 def test_bad_input_is_an_openai_error(

@@ -1,7 +1,8 @@
-"""Tools passed through an upstream: a service whose model is an upstream, in front of a
-service serving the bundled model with tool calling. The front passes tools, tool_choice and
-the history's calls through and the upstream's calls back, streamed as the upstream streams
-them; checked with the official SDK, against the same requests sent to the upstream directly."""
+"""Tools and embeddings through an upstream: a service whose model is an upstream, in front
+of a service serving the bundled model. The front passes tools, tool_choice and the history's
+calls through and the upstream's calls back, streamed as the upstream streams them, and
+embeddings from the upstream's /embeddings; checked with the official SDK against the same
+requests sent to the upstream directly."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import jsonschema
+import numpy as np
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MODEL, Service, start_service
 
@@ -38,7 +42,10 @@ ASK: list[Any] = [{"role": "user", "content": "What is the weather in Oslo, in c
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Service]]:
-    upstream = start_service(tmp_path_factory.mktemp("tools-upstream"), {})
+    # its response cache on: embeddings are cached per text
+    upstream = start_service(
+        tmp_path_factory.mktemp("tools-upstream"), {"cache": {"enabled": True}}
+    )
     try:
         options = {"base_url": f"{upstream.base_url}/v1", "model": MODEL}
         front = start_service(
@@ -131,3 +138,28 @@ def test_bad_tools_are_refused_before_the_upstream(services: tuple[Service, Serv
         ask(front, REMOTE, tools=broken)
     assert refused.value.body["param"] == "tools"  # type: ignore[index]
     assert ask(front, REMOTE).choices[0].message.content  # still serving
+
+
+def cache_hits(service: Service) -> float:
+    text = httpx2.get(f"{service.base_url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "vllm_cache_lookups_total"
+        and sample.labels == {"model": MODEL, "outcome": "hit"}
+    )
+
+
+def test_embeddings_through_the_upstream_and_its_cache(services: tuple[Service, Service]) -> None:
+    front, upstream = services
+    texts = ["Snow falls on Oslo.", "It is snowing in Norway's capital.", "Bonds rallied."]
+    direct = sdk(upstream).embeddings.create(model=MODEL, input=texts)
+    hits = cache_hits(upstream)
+    through = sdk(front).embeddings.create(model=REMOTE, input=texts)
+    assert through.model == REMOTE
+    assert through.usage.prompt_tokens == direct.usage.prompt_tokens
+    a = np.array([d.embedding for d in through.data])
+    b = np.array([d.embedding for d in direct.data])
+    assert np.allclose(a, b, atol=1e-6)  # the upstream's vectors (renormalized in float32)
+    assert cache_hits(upstream) == hits + len(texts)  # the second time, from its cache

@@ -1,4 +1,6 @@
-"""POST /v1/embeddings, as OpenAI shapes it, from the embedding model that ships in a package.
+"""POST /v1/embeddings, as OpenAI shapes it: from the embedding model that ships in a package,
+or from a served model (any GGUF model of the embedded engine, pooled by llama.cpp; an upstream's
+own /embeddings; see manager/embedding.py).
 
 The model is WordLlama's l2_supercat (256 dimensions, 16 MB, inside the ``wordllama`` wheel:
 nothing is downloaded), served under ``wordllama-l2-supercat``: the same embedder the semantic
@@ -25,8 +27,10 @@ from vllm_service.api.auth import principal_of
 from vllm_service.api.errors import InvalidRequest, ModelNotFound
 from vllm_service.api.protocol import check_text
 from vllm_service.api.responses import ERROR_RESPONSES
+from vllm_service.api.serving import Manager, resolve_model
 from vllm_service.auth import Permission, requires
 from vllm_service.config import EmbeddingsConfig
+from vllm_service.manager.embedding import embed_texts
 from vllm_service.manager.semantic import DIMENSIONS, MODEL_ID, shared_embedder
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -90,7 +94,7 @@ def _texts(body: EmbeddingRequest, config: EmbeddingsConfig) -> list[str]:
         raise InvalidRequest("'input' must not be empty.", param="input")
     if not all(isinstance(item, str) for item in raw):
         raise InvalidRequest(
-            f"The model '{MODEL_ID}' takes text: token-id inputs are not supported.",
+            f"The model '{body.model}' takes text: token-id inputs are not supported.",
             param="input",
         )
     if len(raw) > config.max_inputs:
@@ -108,18 +112,49 @@ def _texts(body: EmbeddingRequest, config: EmbeddingsConfig) -> list[str]:
 @router.post(
     "/embeddings",
     response_model=EmbeddingList,
-    responses={400: ERROR_RESPONSES[400], 404: ERROR_RESPONSES[404]},
+    responses={400: ERROR_RESPONSES[400], 404: ERROR_RESPONSES[404], 503: ERROR_RESPONSES[503]},
 )
 @requires(Permission.INFERENCE)
-async def create_embeddings(request: Request, body: EmbeddingRequest) -> EmbeddingList:
-    """Embeddings of a text or a list of texts (OpenAI's embeddings API)."""
+async def create_embeddings(
+    request: Request, body: EmbeddingRequest, manager: Manager
+) -> EmbeddingList:
+    """Embeddings of a text or a list of texts (OpenAI's embeddings API): from the shipped
+    embedder, or from a served model (the embedded engine mean-pools a GGUF model; an upstream
+    answers from its own /embeddings)."""
     config: EmbeddingsConfig = request.app.state.embeddings
-    if (
-        body.model != MODEL_ID
-        or not request.app.state.embeddings_available
-        or not principal_of(request).may_use(MODEL_ID)
-    ):
-        raise ModelNotFound(body.model)
+    if body.model == MODEL_ID and request.app.state.embeddings_available:
+        if not principal_of(request).may_use(MODEL_ID):
+            raise ModelNotFound(body.model)
+        vectors, tokens = await _shipped(body, config)
+    else:
+        served = resolve_model(request, manager, body.model)
+        if body.dimensions is not None and body.dimensions < 1:
+            raise InvalidRequest("'dimensions' must be at least 1.", param="dimensions")
+        result = await embed_texts(
+            manager,
+            served,
+            _texts(body, config),
+            dimensions=body.dimensions,
+            max_total_tokens=config.max_total_tokens,
+        )
+        vectors, tokens = np.asarray(result.vectors, dtype=np.float32), result.prompt_tokens
+    data = []
+    for i, row in enumerate(vectors.astype(np.float32)):
+        value: list[float] | str
+        if body.encoding_format == "base64":
+            value = base64.b64encode(row.astype("<f4").tobytes()).decode()
+        else:
+            value = row.tolist()
+        data.append(Embedding(index=i, embedding=value))
+    return EmbeddingList(
+        data=data,
+        model=body.model,
+        usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+    )
+
+
+async def _shipped(body: EmbeddingRequest, config: EmbeddingsConfig) -> tuple[Any, int]:
+    """Vectors and tokens from the shipped WordLlama embedder."""
     if body.dimensions is not None and not 1 <= body.dimensions <= DIMENSIONS:
         raise InvalidRequest(
             f"'dimensions' must be between 1 and {DIMENSIONS} for '{MODEL_ID}'.",
@@ -146,17 +181,4 @@ async def create_embeddings(request: Request, body: EmbeddingRequest) -> Embeddi
         vectors = vectors[:, : body.dimensions]
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.where(norms == 0, 1, norms)
-    data = []
-    for i, row in enumerate(vectors.astype(np.float32)):
-        value: list[float] | str
-        if body.encoding_format == "base64":
-            value = base64.b64encode(row.astype("<f4").tobytes()).decode()
-        else:
-            value = row.tolist()
-        data.append(Embedding(index=i, embedding=value))
-    tokens = sum(counts)
-    return EmbeddingList(
-        data=data,
-        model=MODEL_ID,
-        usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
-    )
+    return vectors, sum(counts)

@@ -14,7 +14,8 @@ from vllm_service.api.responses import ERROR_RESPONSES
 from vllm_service.api.serving import Manager, resolve_model
 from vllm_service.auth import Permission, requires
 from vllm_service.engine import GenerationRequest, SamplingParams
-from vllm_service.engine.base import ChatMessage, Engine, Tokenizing
+from vllm_service.engine.base import ChatMessage, Engine
+from vllm_service.engine.capabilities import Tokenizing
 
 router = APIRouter(tags=["tokenize"])
 

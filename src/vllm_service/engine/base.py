@@ -16,7 +16,7 @@ import enum
 import hashlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 EngineState = Literal["starting", "ready", "stopping", "unloaded", "failed"]
@@ -310,28 +310,6 @@ class Engine(Protocol):
 
     async def stop(self) -> None:
         """Finish or abort in-flight work and free resources."""
-        ...
-
-
-@runtime_checkable
-class Tokenizing(Protocol):
-    """An engine that owns its tokenizer (the embedded one): /tokenize and /detokenize."""
-
-    async def tokenize(self, req: GenerationRequest, *, add_special: bool = True) -> list[int]:
-        """The prompt's token ids as generation would see them (chat template applied)."""
-        ...
-
-    async def detokenize(self, tokens: list[int]) -> str: ...
-
-
-@runtime_checkable
-class Resident(Protocol):
-    """An engine that holds its model in memory here and can say how much (the manager's
-    loader keeps the loaded models within loading.memory_budget)."""
-
-    def memory_bytes(self) -> int | None:
-        """Bytes it holds once loaded: measured after a load, estimated before; None when
-        unknown."""
         ...
 
 

@@ -24,6 +24,7 @@ from vllm_service.engine.base import (
     ModelCard,
     TokenDelta,
 )
+from vllm_service.engine.capabilities import Embeddings
 from vllm_service.engine.options import ProcessOptions, SamplingDefaultsConfig, UpstreamOptions
 from vllm_service.engine.upstream import UpstreamEngine
 
@@ -179,6 +180,18 @@ class ProcessEngine:
                 "restarts": self.restarts,
                 "last_exit": self.last_exit if self.last_exit is not None else "",
             },
+        )
+
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None, max_total_tokens: int
+    ) -> Embeddings:
+        """The managed server's /embeddings (when it serves them)."""
+        if self._state != "ready":
+            raise EngineUnavailableError(
+                f"the managed engine of {self.name!r} is {self._state}", retry_after=1.0
+            )
+        return await self._upstream.embed(
+            texts, dimensions=dimensions, max_total_tokens=max_total_tokens
         )
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[TokenDelta]:

@@ -39,8 +39,16 @@ from vllm_service.engine.base import (
     UpstreamProtocolError,
     choice_seed,
 )
+from vllm_service.engine.capabilities import Embeddings
 from vllm_service.engine.options import SamplingDefaultsConfig, UpstreamOptions
-from vllm_service.engine.upstream_stream import UpstreamStream, bounded_body, bounded_lines
+from vllm_service.engine.upstream_stream import (
+    MAX_EMBEDDINGS_BYTES,
+    UpstreamStream,
+    bounded_body,
+    bounded_json,
+    bounded_lines,
+    parse_embeddings,
+)
 
 #: Longest Retry-After honoured from an upstream (seconds).
 MAX_RETRY_AFTER = 30.0
@@ -234,6 +242,35 @@ class UpstreamEngine:
             self._failures += 1
             raise
         yield final
+
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None, max_total_tokens: int
+    ) -> Embeddings:
+        """The upstream's /embeddings (its model counts and bounds the tokens)."""
+        client = self._client
+        if client is None or self._state != "ready":
+            raise EngineUnavailableError("the upstream engine is not started", retry_after=1.0)
+        body: dict[str, Any] = {"model": self.options.model, "input": texts}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        self._requests += 1
+        try:
+            async with client.post(
+                self._base_url + "/embeddings", json=body, allow_redirects=False
+            ) as response:
+                if response.status != 200:
+                    text = await bounded_body(response)
+                    raise self._status_error(response.status, text, response.headers)
+                raw = await bounded_json(response, MAX_EMBEDDINGS_BYTES)
+        except TimeoutError as exc:
+            self._failures += 1
+            raise EngineUnavailableError("the upstream timed out", retry_after=1.0) from exc
+        except aiohttp.ClientError as exc:
+            self._failures += 1
+            raise EngineUnavailableError(
+                f"the upstream is unreachable: {exc}", retry_after=1.0
+            ) from exc
+        return parse_embeddings(raw, len(texts))
 
     def _status_error(self, status: int, text: str, headers: Mapping[str, str]) -> EngineError:
         message = _error_message(text, status)

@@ -22,10 +22,13 @@ from vllm_service.engine.base import (
     UpstreamProtocolError,
     Usage,
 )
+from vllm_service.engine.capabilities import Embeddings
 
 #: Longest SSE line accepted from an upstream, and most of an error body read.
 MAX_LINE_BYTES = 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
+#: Largest embeddings answer read from an upstream (2048 inputs of 3072 floats as JSON fit).
+MAX_EMBEDDINGS_BYTES = 256 * 1024 * 1024
 #: Most tool calls one upstream answer may make (an index beyond is a malformed chunk).
 MAX_TOOL_CALLS = 128
 #: An upstream's finish reasons as ours ("function_call": the deprecated name of a call).
@@ -129,6 +132,48 @@ def parse_chunk(data: str, chat: bool) -> tuple[list[ChoicePiece], Usage | None]
         raise UpstreamProtocolError(
             f"the upstream sent a malformed chunk ({type(exc).__name__})"
         ) from None
+
+
+async def bounded_json(response: aiohttp.ClientResponse, limit: int) -> object:
+    """A JSON body of at most ``limit`` bytes; UpstreamProtocolError beyond, or if invalid."""
+    body = b""
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise UpstreamProtocolError(f"the upstream sent a body over {limit} bytes")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise UpstreamProtocolError("the upstream sent a body that is not JSON") from None
+
+
+def parse_embeddings(raw: object, count: int) -> Embeddings:
+    """An OpenAI embeddings answer for ``count`` inputs, checked; vectors normalized."""
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError("the answer must be an object")
+        data = raw["data"]
+        if not isinstance(data, list) or len(data) != count:
+            raise ValueError("one embedding per input")
+        vectors: list[list[float] | None] = [None] * count
+        for item in data:
+            index, vector = item["index"], item["embedding"]
+            if not isinstance(index, int) or not 0 <= index < count or vectors[index] is not None:
+                raise ValueError("bad index")
+            if not isinstance(vector, list) or not vector:
+                raise TypeError("an embedding must be a list of numbers")
+            values = [float(v) for v in vector]
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError("not finite")
+            norm = math.sqrt(sum(v * v for v in values)) or 1.0
+            vectors[index] = [v / norm for v in values]
+        usage = raw.get("usage") or {}
+        tokens = int(usage.get("prompt_tokens", 0))
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise UpstreamProtocolError(
+            f"the upstream sent a malformed embeddings answer ({type(exc).__name__})"
+        ) from None
+    return Embeddings([v for v in vectors if v is not None], tokens)
 
 
 def estimate_usage(req: GenerationRequest, completion: str) -> Usage:

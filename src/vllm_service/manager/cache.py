@@ -236,6 +236,24 @@ class ResponseCache:
                 None,
             )
 
+    # -- embeddings (manager/embedding.py) -------------------------------------------------
+
+    def embedding_key(
+        self, model: ModelConfig, dimensions: int | None, text: str
+    ) -> tuple[str, float] | None:
+        """Where one text's embedding is cached and for how long; None when not cached."""
+        if not (self.config.enabled and model.cache.enabled):
+            return None
+        key = _digest([KEY_VERSION, "embedding", model.name, dimensions, text])
+        return key, model.cache.ttl or self.config.ttl
+
+    async def get_raw(self, key: str) -> bytes | None:
+        return await self._guarded("get", lambda: self.store.get(key, stale=False), None)
+
+    async def put_raw(self, key: str, value: bytes, ttl: float) -> None:
+        if await self._guarded("put", lambda: _true(self.store.put(key, value, ttl)), False):
+            self.stores += 1
+
     # -- single flight ----------------------------------------------------------------------
 
     async def join(

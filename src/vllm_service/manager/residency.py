@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from vllm_service.accounting.stats import ResidencyStats
 from vllm_service.config import ConfigError, LoadingConfig
 from vllm_service.engine import Engine, EngineError, EngineUnavailableError
-from vllm_service.engine.base import Resident
+from vllm_service.engine.capabilities import Resident
 from vllm_service.engine.registry import kind_named
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import pytest
 from tests.fakes import FakeEngine, FakeEngines
 from vllm_service.config import ConfigError, LoadingConfig, ModelConfig, load_settings
 from vllm_service.engine import EngineUnavailableError
-from vllm_service.engine.base import Resident
+from vllm_service.engine.capabilities import Resident
 from vllm_service.manager import ModelManager
 from vllm_service.manager.residency import LoadState, ModelBusyError, ModelLoader, Residency
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +23,10 @@ from vllm_service.engine.base import (
     SamplingDefaults,
     TokenDelta,
 )
+from vllm_service.engine.capabilities import Embeddings
 from vllm_service.engine.llamacpp.chat_template import CHATML_TEMPLATE, ChatTemplate
 from vllm_service.engine.llamacpp.device import DevicePlacement, available_memory_bytes, place
+from vllm_service.engine.llamacpp.embedder import PooledEmbedder
 from vllm_service.engine.llamacpp.grammar import GrammarBuilder, SchemaLimits
 from vllm_service.engine.llamacpp.model import (
     LlamaModel,
@@ -103,6 +106,9 @@ class LlamaCppEngine:
         self._created = int(time.time())
         #: The KV cache's bytes, known once the model has been loaded.
         self._kv_bytes: int | None = None
+        #: The embedding context (/v1/embeddings), made on the first request.
+        self._embedder: PooledEmbedder | None = None
+        self._embedder_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -195,6 +201,9 @@ class LlamaCppEngine:
         self._scheduler = None
         if scheduler is not None:
             await asyncio.to_thread(scheduler.stop)
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
         if model is not None:
             model.close()
         self._model = None
@@ -285,6 +294,50 @@ class LlamaCppEngine:
 
     async def detokenize(self, tokens: list[int]) -> str:
         return await asyncio.to_thread(self._loaded_prompts().text, tokens)
+
+    # -- embedding (engine/base.py's EmbeddingEngine) -----------------------------------------
+
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None, max_total_tokens: int
+    ) -> Embeddings:
+        self._loaded_prompts()
+        model = self._model
+        assert model is not None
+        return await asyncio.to_thread(self._embed, model, texts, dimensions, max_total_tokens)
+
+    def _embed(
+        self, model: LlamaModel, texts: list[str], dimensions: int | None, max_total_tokens: int
+    ) -> Embeddings:
+        limit = self.options.max_model_len
+        tokens = [model.tokenize(t, add_special=True, parse_special=False) for t in texts]
+        for i, ids in enumerate(tokens):
+            if len(ids) > limit:
+                raise InvalidRequestError(
+                    f"'input[{i}]' has {len(ids)} tokens; this model takes at most {limit}.",
+                    param="input",
+                )
+        total = sum(map(len, tokens))
+        if total > max_total_tokens:
+            raise InvalidRequestError(
+                f"'input' has {total} tokens in all; at most {max_total_tokens}.", param="input"
+            )
+        with self._embedder_lock:
+            if self._embedder is None:
+                with native_stderr_captured():
+                    self._embedder = PooledEmbedder(
+                        model,
+                        n_ctx=limit,
+                        n_threads=self.placement.n_threads,
+                        pooling=self.options.pooling,
+                    )
+            embedder = self._embedder
+        if dimensions is not None and dimensions != embedder.dimensions:
+            raise InvalidRequestError(
+                f"This model's embeddings have {embedder.dimensions} dimensions and cannot be "
+                "shortened: leave 'dimensions' out.",
+                param="dimensions",
+            )
+        return Embeddings(embedder.embed(tokens), total, [len(ids) for ids in tokens])
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[TokenDelta]:
         scheduler = self._scheduler

@@ -73,6 +73,11 @@ class LlamaCppOptions(EngineOptions):
         default=True,
         description="Reuse the KV cache of a shared prompt prefix (system prompt, earlier turns).",
     )
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        default=None,
+        description="How /v1/embeddings pools the model's hidden states. Unset: the pooling "
+        "the GGUF declares (embedding models do), else mean.",
+    )
     extra_buffer_types: bool | None = Field(
         default=None,
         description="llama.cpp's extra CPU weight layouts (repacked for AVX2/AVX-512, or Intel "
