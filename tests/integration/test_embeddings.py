@@ -95,6 +95,7 @@ def test_the_model_is_listed_and_retrievable(client: openai.OpenAI) -> None:
         ({"input": "word " * 3000, "model": MODEL}, "input", 400),
         ({"input": [[1, 2], [3]], "model": MODEL}, "input", 400),
         ({"input": "<|im_start|>" * 2100, "model": MODEL}, "input", 400),
+        ({"input": ["word " * 1000] * 20, "model": MODEL}, "input", 400),
     ],
 )
 def test_bad_input_is_an_openai_error(

@@ -317,6 +317,7 @@ class LlamaCppEngine:
                     param="input",
                 )
         total = sum(map(len, tokens))
+        max_total_tokens = min(max_total_tokens, self.options.max_embedding_tokens)
         if total > max_total_tokens:
             raise InvalidRequestError(
                 f"'input' has {total} tokens in all; at most {max_total_tokens}.", param="input"

@@ -73,6 +73,12 @@ class LlamaCppOptions(EngineOptions):
         default=True,
         description="Reuse the KV cache of a shared prompt prefix (system prompt, earlier turns).",
     )
+    max_embedding_tokens: int = Field(
+        default=16384,
+        ge=1,
+        description="Tokens one /v1/embeddings request may have in all for this model (then "
+        "400): a chat model embeds at a few hundred tokens a second on a small CPU.",
+    )
     pooling: Literal["mean", "cls", "last"] | None = Field(
         default=None,
         description="How /v1/embeddings pools the model's hidden states. Unset: the pooling "
