@@ -1,10 +1,19 @@
 """The slots: one ``seq_id`` and KV stream each, running a sequence or holding a cached prefix.
 
-A new sequence goes to the idle slot whose cached tokens share the longest prefix with its
-prompt; the cells past that prefix are dropped and only the rest is computed. When a *running*
-sequence shares a longer prefix, its stream is copied (``llama_memory_seq_cp``) into an idle
-slot instead. Idle slots that match nothing are reused least recently used first: that is the
-prefix cache's LRU bound. Touched by the scheduler thread only.
+A new sequence is placed where it saves the most prefill without throwing away more cached
+work than it reuses:
+
+- it continues in the idle slot whose cached tokens share the longest prefix with its prompt
+  when that entry is (nearly) all shared: a returning conversation, a repeated prompt;
+- when the best entry shares only its beginning (a system prompt that many conversations
+  start with), that entry is kept: the shared prefix is copied (``llama_memory_seq_cp``) into
+  the spare slot (an empty one, else the least recently used entry), or recomputed there when
+  it is too short to be worth a copy. Before, the new prompt overwrote the entry it matched, so
+  with a shared system prompt the cache kept about one conversation;
+- when a *running* sequence shares a longer prefix, its stream is copied into the spare slot.
+
+Idle slots that match nothing are reused least recently used first: that is the prefix
+cache's LRU bound. Touched by the scheduler thread only.
 """
 
 from __future__ import annotations
@@ -15,9 +24,13 @@ import llama_cpp
 
 from vllm_service.engine.llamacpp.sequence import Sequence, Slot, common_prefix
 
-#: Copying a running sequence's KV stream costs a copy of the whole stream; below this many
-#: shared tokens recomputing them is cheaper.
+#: Copying a KV stream costs a copy of the whole stream; below this many shared tokens
+#: recomputing them is cheaper.
 MIN_COPY_PREFIX = 32
+#: A cache entry that a new prompt matches only in part is kept (the new one goes elsewhere):
+#: always while an empty slot is left, then when at least this many of its tokens would be
+#: lost (the least recently used entry makes room instead).
+MIN_KEPT_TOKENS = 32
 
 
 class SlotTable:
@@ -43,21 +56,25 @@ class SlotTable:
         # At least the last known token is computed: its logits are what gets sampled. A
         # prompt being scored is computed whole: every position's logits are needed.
         limit = 0 if seq.scoring else len(seq.tokens) - 1
-        reuse = 0
-        slot = min(idle, key=lambda s: (bool(s.cached), s.last_used))  # empty, else LRU
-        source: Slot | None = None
+        spare = min(idle, key=lambda s: (bool(s.cached), s.last_used))  # empty, else LRU
+        slot, reuse, source = spare, 0, None
         if self.prefix_caching and limit > 0:
-            matches = [(min(common_prefix(s.kv_tokens(), seq.tokens), limit), s) for s in idle]
+            matches = [(min(common_prefix(s.cached, seq.tokens), limit), s) for s in idle]
             best, best_slot = max(matches, key=lambda m: (m[0], m[1].last_used))
-            if best > 0:
-                reuse, slot = best, best_slot
+            # Tokens of the matched entry a new prompt would overwrite: worth keeping when an
+            # empty slot can take the new one, or when they outweigh the LRU entry's place.
+            lost = len(best_slot.cached) - best
+            keep = lost > 0 if not spare.cached else lost >= MIN_KEPT_TOKENS
+            if best > 0 and (best_slot is spare or not keep):
+                slot, reuse = best_slot, best  # continue where it left off
+            elif best >= MIN_COPY_PREFIX:
+                reuse, source = best, best_slot  # share its prefix, keep the entry
             for other in running:
                 shared = min(common_prefix(other.tokens[: other.n_past], seq.tokens), limit)
                 if shared >= MIN_COPY_PREFIX and shared > reuse:
                     reuse, source = shared, other.slot
         if source is not None:
-            # Copying into the least useful idle slot keeps the better cached entries.
-            slot = min(idle, key=lambda s: (bool(s.cached), s.last_used))
+            slot = spare
             llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, slot.seq_id, -1, -1)
             self.copies += 1
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1):
