@@ -142,8 +142,10 @@ def ensure_llama_server() -> Path:
                 "pip",
                 "download",
                 "--no-deps",
+                # Only this package as source: ":all:" would build its build dependencies
+                # (cmake, ninja) from source too, which took longer than the whole benchmark.
                 "--no-binary",
-                ":all:",
+                "llama-cpp-python",
                 f"llama-cpp-python=={version}",
                 "-d",
                 str(CACHE),
