@@ -8,11 +8,11 @@ for it); unloading a model with requests in flight is a 409. Both are admin acti
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from vllm_service.accounting.stats import ResidencyStats
 from vllm_service.api.errors import APIError, InvalidRequest
 from vllm_service.api.ops import audit
 from vllm_service.api.responses import ERROR_RESPONSES
@@ -40,20 +40,6 @@ def _residencies(request: Request, manager: ModelManager, model_id: str) -> list
     return found
 
 
-class DeploymentResidency(BaseModel):
-    state: str
-    reason: str | None
-    preload: bool
-    users: int
-    waiting: int
-    loads: int
-    failures: int
-    unloads: dict[str, int]
-    load_seconds: float | None
-    unload_seconds: float | None
-    memory_bytes: int
-
-
 class ModelResidency(BaseModel):
     id: str
     state: str = Field(description="loaded, loading, unloaded, draining, unloading or failed.")
@@ -61,7 +47,7 @@ class ModelResidency(BaseModel):
     unloaded: bool | None = Field(
         default=None, description="On /unload: whether it was loaded (false: nothing to do)."
     )
-    deployments: dict[str, DeploymentResidency]
+    deployments: dict[str, ResidencyStats]
 
 
 def _body(model: str, found: list[Residency], unloaded: bool | None = None) -> ModelResidency:
@@ -71,9 +57,7 @@ def _body(model: str, found: list[Residency], unloaded: bool | None = None) -> M
         state=first.state,
         state_reason=first.reason,
         unloaded=unloaded,
-        deployments={
-            res.name: DeploymentResidency(**dataclasses.asdict(res.stats())) for res in found
-        },
+        deployments={res.name: res.stats() for res in found},
     )
 
 

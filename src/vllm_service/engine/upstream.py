@@ -230,14 +230,8 @@ class UpstreamEngine:
                     for delta in stream.feed(line):
                         yield delta
             final = stream.final()
-        except TimeoutError as exc:
-            self._failures += 1
-            raise EngineUnavailableError("the upstream timed out", retry_after=1.0) from exc
-        except aiohttp.ClientError as exc:
-            self._failures += 1
-            raise EngineUnavailableError(
-                f"the upstream is unreachable: {exc}", retry_after=1.0
-            ) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from exc
         except UpstreamProtocolError:
             self._failures += 1
             raise
@@ -262,15 +256,16 @@ class UpstreamEngine:
                     text = await bounded_body(response)
                     raise self._status_error(response.status, text, response.headers)
                 raw = await bounded_json(response, MAX_EMBEDDINGS_BYTES)
-        except TimeoutError as exc:
-            self._failures += 1
-            raise EngineUnavailableError("the upstream timed out", retry_after=1.0) from exc
-        except aiohttp.ClientError as exc:
-            self._failures += 1
-            raise EngineUnavailableError(
-                f"the upstream is unreachable: {exc}", retry_after=1.0
-            ) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from exc
         return parse_embeddings(raw, len(texts))
+
+    def _transport_error(self, exc: Exception) -> EngineError:
+        """A failure to reach the upstream or read it, counted against it."""
+        self._failures += 1
+        if isinstance(exc, TimeoutError):
+            return EngineUnavailableError("the upstream timed out", retry_after=1.0)
+        return EngineUnavailableError(f"the upstream is unreachable: {exc}", retry_after=1.0)
 
     def _status_error(self, status: int, text: str, headers: Mapping[str, str]) -> EngineError:
         message = _error_message(text, status)
