@@ -29,6 +29,16 @@ SCHEDULER_COUNTERS: tuple[tuple[str, str, Read], ...] = (
         "Prompt tokens served from the prefix cache.",
         lambda s: s.prefix_cache_hit_tokens,
     ),
+    (
+        "prefix_cache_host_hit_tokens",
+        "Of the prefix-cache hit tokens, those restored from the host-RAM tier.",
+        lambda s: s.prefix_cache_host_hit_tokens,
+    ),
+    (
+        "prefix_cache_host_evictions",
+        "Entries dropped from the prefix cache's host-RAM tier to stay within its budget.",
+        lambda s: s.host_cache_evictions,
+    ),
     ("prompt_tokens", "Prompt tokens of sequences the engine admitted.", lambda s: s.prompt_tokens),
     (
         "preemptions",
@@ -61,6 +71,16 @@ SCHEDULER_GAUGES: tuple[tuple[str, str, Read], ...] = (
         lambda s: s.kv_cells_cached,
     ),
     ("vllm_kv_cache_cells_total", "KV cache cells in all.", lambda s: s.kv_cells_total),
+    (
+        "vllm_prefix_cache_host_bytes",
+        "Bytes of KV held in the prefix cache's host-RAM tier.",
+        lambda s: s.host_cache_bytes,
+    ),
+    (
+        "vllm_prefix_cache_host_entries",
+        "Prefixes held in the prefix cache's host-RAM tier.",
+        lambda s: s.host_cache_entries,
+    ),
 )
 
 

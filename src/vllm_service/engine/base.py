@@ -266,6 +266,11 @@ class SchedulerStats:
     #: Seconds spent in llama_decode, and in sampling and detokenizing after it.
     decode_seconds: float
     sample_seconds: float
+    #: The prefix cache's host-RAM tier: hit tokens restored from it, bytes and entries held.
+    prefix_cache_host_hit_tokens: int = 0
+    host_cache_bytes: int = 0
+    host_cache_entries: int = 0
+    host_cache_evictions: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,6 +189,7 @@ class LlamaCppEngine:
             max_waiting_tokens=self.options.max_waiting_tokens,
             queue_timeout=self.options.queue_timeout,
             enable_prefix_caching=self.options.enable_prefix_caching,
+            prefix_cache_host_bytes=self.options.prefix_cache_host_bytes,
             post=post,
         )
         scheduler.start()
@@ -211,8 +212,12 @@ class LlamaCppEngine:
         self._state = "failed" if failed else "unloaded"
 
     def memory_bytes(self) -> int:
-        """The weights (the file's size: llama.cpp maps it) and the KV cache (once known)."""
-        return self._file_bytes + (self._kv_bytes or 0)
+        """The weights (the file's size: llama.cpp maps it), the KV cache and the prefix cache's
+        host-RAM budget (once known)."""
+        if self._kv_bytes is None:
+            return self._file_bytes
+        host = self.options.prefix_cache_host_bytes if self.options.enable_prefix_caching else 0
+        return self._file_bytes + self._kv_bytes + host
 
     # -- the contract -------------------------------------------------------------------------
 

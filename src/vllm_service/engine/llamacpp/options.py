@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ByteSize, Field, model_validator
 
 from vllm_service.engine.options import DEFAULT_MAX_MODEL_LEN, EngineOptions
 
@@ -15,6 +15,7 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
 DEFAULT_MAX_WAITING_SEQS = 256
 DEFAULT_MAX_WAITING_TOKENS = 256 * 1024
 DEFAULT_QUEUE_TIMEOUT = 120.0
+DEFAULT_PREFIX_CACHE_HOST_BYTES = ByteSize(512 * 1024**2)
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
@@ -72,6 +73,13 @@ class LlamaCppOptions(EngineOptions):
     enable_prefix_caching: bool = Field(
         default=True,
         description="Reuse the KV cache of a shared prompt prefix (system prompt, earlier turns).",
+    )
+    prefix_cache_host_bytes: ByteSize = Field(
+        default=DEFAULT_PREFIX_CACHE_HOST_BYTES,
+        ge=0,
+        description="Host RAM for the prefix cache's second tier (e.g. 2GiB; 0 = none): the KV "
+        "of past prompts and conversations whose slot was reused, restored instead of computed "
+        "again when they return. Least recently used entries go first.",
     )
     max_embedding_tokens: int = Field(
         default=16384,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from vllm_service.engine.base import (
@@ -93,3 +94,31 @@ class OutputWriter:
         if seq.n_generated >= seq.max_tokens:
             return step.text + seq.text.finish(), FinishReason.LENGTH
         return step.text, None
+
+
+class Outbox:
+    """The deltas of one step, handed to the event loop in order, in one callback (one wake-up
+    per step instead of one per sequence)."""
+
+    def __init__(self, post: Callable[[Callable[[], None]], object]) -> None:
+        self._post = post
+        self._items: list[tuple[Sequence, TokenDelta | BaseException]] = []
+
+    def send(self, seq: Sequence, item: TokenDelta | BaseException) -> None:
+        self._items.append((seq, item))
+
+    def flush(self) -> None:
+        if not self._items:
+            return
+        items, self._items = self._items, []
+
+        def deliver() -> None:
+            for seq, item in items:
+                seq.deliver(item)
+
+        try:
+            self._post(deliver)
+        except RuntimeError:
+            # The event loop is gone (shutdown); nobody is left to read these.
+            for seq, _ in items:
+                seq.aborted = True

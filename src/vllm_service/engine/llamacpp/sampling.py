@@ -17,6 +17,7 @@ from vllm_service.engine.base import (
     TopLogprob,
     choice_seed,
 )
+from vllm_service.engine.llamacpp.batch_sampling import RowSampling, logits_rows, sample_rows
 from vllm_service.engine.llamacpp.model import LlamaModel
 
 #: OpenAI's values for knobs a request leaves out, where neither config nor model recommends one.
@@ -45,7 +46,9 @@ def request_seed(seed: int | None, choice: int = 0) -> int:
 
 
 class SamplerChain:
-    """A sequence's own llama.cpp sampler chain; freed exactly once."""
+    """A sequence's sampler: a row of the step's array sampling (batch_sampling.py) when its
+    parameters allow, else its own llama.cpp sampler chain (penalties, logit bias, grammar);
+    freed exactly once."""
 
     def __init__(
         self,
@@ -55,11 +58,38 @@ class SamplerChain:
         penalty_window: int,
         grammar: str | None = None,
     ) -> None:
+        self._chain: Any = None
+        # The engine fills unset knobs before this; a caller that did not gets OpenAI's values.
+        knobs = _NEUTRAL.fill(params)
+        assert knobs.temperature is not None
+        assert knobs.top_p is not None
+        assert knobs.top_k is not None
+        assert knobs.min_p is not None
+        presence, frequency = knobs.presence_penalty or 0.0, knobs.frequency_penalty or 0.0
+        repetition = 1.0 if knobs.repetition_penalty is None else knobs.repetition_penalty
+        penalties = (repetition, frequency, presence)
+        #: Set when the step's array sampling draws this sequence's tokens.
+        self.row: RowSampling | None = None
+        if grammar is None:
+            seed = None if params.seed is None else choice_seed(params.seed, params.choice)
+            self.row = RowSampling(
+                knobs.temperature,
+                knobs.top_k,
+                knobs.top_p,
+                knobs.min_p,
+                np.random.default_rng(seed),
+                *penalties,
+            )
+            if params.logit_bias:
+                tokens, values = zip(*params.logit_bias, strict=True)
+                self.row.bias_tokens = np.array(tokens, dtype=np.intp)
+                self.row.bias_values = np.array(values, dtype=np.float32)
+            return
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
-        self._chain: Any = llama_cpp.llama_sampler_chain_init(chain_params)
+        self._chain = llama_cpp.llama_sampler_chain_init(chain_params)
         try:
-            self._build(model, params, penalty_window, grammar)
+            self._build(model, params, knobs, penalties, penalty_window, grammar)
         except BaseException:
             self.free()
             raise
@@ -71,6 +101,8 @@ class SamplerChain:
         self,
         model: LlamaModel,
         params: SamplingParams,
+        knobs: SamplingParams,
+        penalties: tuple[float, float, float],
         penalty_window: int,
         grammar_text: str | None,
     ) -> None:
@@ -89,20 +121,17 @@ class SamplerChain:
             for i, (token, bias) in enumerate(params.logit_bias):
                 biases[i] = llama_cpp.llama_logit_bias(token, bias)
             self._add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases))
-        # The engine fills unset knobs before this; a caller that did not gets OpenAI's values.
-        knobs = _NEUTRAL.fill(params)
-        assert knobs.temperature is not None
-        assert knobs.top_p is not None
-        assert knobs.top_k is not None
-        assert knobs.min_p is not None
-        presence, frequency = knobs.presence_penalty or 0.0, knobs.frequency_penalty or 0.0
-        repetition = 1.0 if knobs.repetition_penalty is None else knobs.repetition_penalty
-        if presence or frequency or repetition != 1.0:
+        repetition, frequency, presence = penalties
+        if penalties != (1.0, 0.0, 0.0):
             self._add(
                 llama_cpp.llama_sampler_init_penalties(
                     model.n_vocab, penalty_window, repetition, frequency, presence
                 )
             )
+        assert knobs.temperature is not None
+        assert knobs.top_k is not None
+        assert knobs.top_p is not None
+        assert knobs.min_p is not None
         if knobs.temperature <= 0.0:
             self._add(llama_cpp.llama_sampler_init_greedy())
             return
@@ -120,12 +149,31 @@ class SamplerChain:
 
     def sample(self, ctx: Any, batch_index: int) -> int:
         """Pick (and accept into the chain's state) the next token from one output row."""
+        assert self._chain is not None, "a row-sampled sequence is sampled by sample_step"
         return int(llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index))
 
     def free(self) -> None:
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
+
+
+def sample_step(
+    ctx: Any, n_vocab: int, samplers: list[SamplerChain], batch_indices: list[int]
+) -> list[int]:
+    """The next token of each sequence of a step: the row-sampled ones together, then each
+    chain on its own row."""
+    tokens = [0] * len(samplers)
+    together = [i for i, s in enumerate(samplers) if s.row is not None]
+    if together:
+        logits, rows = logits_rows(ctx, n_vocab, [batch_indices[i] for i in together])
+        plans = [row for i in together if (row := samplers[i].row) is not None]
+        for i, token in zip(together, sample_rows(logits, rows, plans), strict=True):
+            tokens[i] = token
+    for i, sampler in enumerate(samplers):
+        if sampler.row is None:
+            tokens[i] = sampler.sample(ctx, batch_indices[i])
+    return tokens
 
 
 def token_logprob(

@@ -9,7 +9,8 @@ A sequence is simply "tokens known" (prompt + generated) and "tokens in the KV c
 feeds the difference. That makes both prefix caching and preemption plain:
 
 * **Slots and prefix caching** (slots.py): a running sequence occupies one of
-  ``max_num_seqs`` slots; when it ends, the slot keeps its KV as a prefix-cache entry.
+  ``max_num_seqs`` slots; when it ends, the slot keeps its KV as a prefix-cache entry, saved to
+  the host-RAM tier (host_cache.py) before its slot is reused.
 * **Preemption.** If ``llama_decode`` finds no room for a batch, the newest sequence's cells are
   dropped and it re-enters the waiting queue, to be recomputed later; running ones go on.
 """
@@ -29,11 +30,11 @@ from vllm_service.engine.base import (
     EngineError,
     EngineUnavailableError,
     SchedulerStats,
-    TokenDelta,
 )
 from vllm_service.engine.llamacpp.batch import plan_batch, write_batch
 from vllm_service.engine.llamacpp.model import LlamaModel
-from vllm_service.engine.llamacpp.output import OutputWriter, scored_prompt_delta
+from vllm_service.engine.llamacpp.output import Outbox, OutputWriter, scored_prompt_delta
+from vllm_service.engine.llamacpp.sampling import sample_step
 from vllm_service.engine.llamacpp.sequence import Sequence
 from vllm_service.engine.llamacpp.slots import SlotTable
 
@@ -59,13 +60,11 @@ class Scheduler:
         queue_timeout: float,
         post: Post,
         enable_prefix_caching: bool = True,
+        prefix_cache_host_bytes: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._model = model
-        self._post = post
-        # Deltas of one step, handed to the event loop in one callback (one wake-up per step
-        # instead of one per sequence).
-        self._outbox: list[tuple[Sequence, TokenDelta | BaseException]] = []
+        self._outbox = Outbox(post)
         self._budget = max_num_batched_tokens
         self._max_waiting = max_waiting_seqs
         self._max_waiting_tokens = max_waiting_tokens
@@ -77,7 +76,7 @@ class Scheduler:
             batch_tokens=max_num_batched_tokens,
             n_threads=n_threads,
         )
-        self._memory: Any = llama_cpp.llama_get_memory(self._ctx)
+        self._n_vocab = model.n_vocab
         self._output = OutputWriter(model, self._ctx)
         self.kv_cells = int(llama_cpp.llama_n_ctx(self._ctx))
         self._batch = llama_cpp.llama_batch_init(max_num_batched_tokens, 0, 1)
@@ -90,7 +89,12 @@ class Scheduler:
         self._idle_slots = max_num_seqs
         self._stopping = False
         # The scheduler thread's own state.
-        self._slots = SlotTable(self._memory, max_num_seqs, prefix_caching=enable_prefix_caching)
+        self._slots = SlotTable(
+            self._ctx,
+            max_num_seqs,
+            prefix_caching=enable_prefix_caching,
+            host_bytes=prefix_cache_host_bytes,
+        )
         self._running: list[Sequence] = []
         self._steps = 0
         self._preemptions = 0
@@ -101,6 +105,7 @@ class Scheduler:
         self._rejected = 0
         self._prompt_tokens = 0
         self._hit_tokens = 0
+        self._host_hit_tokens = 0
         self._decode_time = 0.0
         self._sample_time = 0.0
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
@@ -167,7 +172,11 @@ class Scheduler:
             rejected=self._rejected,
             prompt_tokens=self._prompt_tokens,
             prefix_cache_hit_tokens=self._hit_tokens,
+            prefix_cache_host_hit_tokens=self._host_hit_tokens,
             prefix_cache_copies=self._slots.copies,
+            host_cache_bytes=self._slots.host.bytes,
+            host_cache_entries=len(self._slots.host),
+            host_cache_evictions=self._slots.host.evictions,
             decode_seconds=round(self._decode_time, 6),
             sample_seconds=round(self._sample_time, 6),
         )
@@ -177,6 +186,7 @@ class Scheduler:
             self._stopping = True
             self._wakeup.notify()
         self._thread.join()
+        self._slots.host.clear()
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
         self._ctx = None
@@ -187,11 +197,11 @@ class Scheduler:
         try:
             while self._next_round():
                 self._step()
-                self._flush()
+                self._outbox.flush()
         except BaseException as exc:  # a crash must reach every waiting client, not vanish
             logger.exception("scheduler thread failed")
             self._fail_all(EngineError(f"engine failure: {exc}"))
-        self._flush()
+        self._outbox.flush()
 
     def _next_round(self) -> bool:
         """Wait for work; move new sequences in. False once stopping."""
@@ -211,7 +221,7 @@ class Scheduler:
         error = EngineError("the engine is shutting down")
         for seq in pending:
             self._release(seq, keep_cache=False)
-            self._send(seq, error)
+            self._outbox.send(seq, error)
         return False
 
     def _fail_all(self, error: EngineError) -> None:
@@ -221,7 +231,7 @@ class Scheduler:
             self._waiting = collections.deque()
             self._stopping = True
         for seq in pending:
-            self._send(seq, error)
+            self._outbox.send(seq, error)
             seq.sampler.free()
 
     def _step(self) -> None:
@@ -242,17 +252,23 @@ class Scheduler:
             self._decode_failed(rc, fed)
             return
         self._steps += 1
+        self._slots.decoded()
         for seq, count in fed:
             seq.n_past += count
         now = self._clock()
+        sampled = []
         for seq, _ in fed:
             if seq.score_rows:
                 self._output.score_prompt(seq)
             if seq.batch_index >= 0 and not seq.aborted:
                 if seq.max_tokens == 0:  # only the prompt's scores were asked for
                     self._finish_unsampled(seq)
-                    continue
-                self._accept(seq, seq.sampler.sample(self._ctx, seq.batch_index), now)
+                else:
+                    sampled.append(seq)
+        samplers, rows = [s.sampler for s in sampled], [s.batch_index for s in sampled]
+        tokens = sample_step(self._ctx, self._n_vocab, samplers, rows)
+        for seq, token in zip(sampled, tokens, strict=True):
+            self._accept(seq, token, now)
         self._sample_time += time.perf_counter() - decoded
         if not self._running or self._steps % 64 == 0:
             self._slots.measure()
@@ -291,7 +307,7 @@ class Scheduler:
         for seq in expired:
             self._queue_timeouts += 1
             seq.sampler.free()
-            self._send(
+            self._outbox.send(
                 seq,
                 EngineUnavailableError(
                     f"The request waited more than {self._queue_timeout:g} s for a free "
@@ -314,12 +330,13 @@ class Scheduler:
 
     def _place(self, seq: Sequence) -> None:
         """Give a sequence an idle slot, reusing the longest cached prefix of its tokens."""
-        reuse = self._slots.place(seq, self._running)
+        reuse, restored = self._slots.place(seq, self._running)
         if seq.scheduled_at is None:  # not a preempted sequence coming back
             seq.scheduled_at = self._clock()
             seq.cached_tokens = reuse
             self._prompt_tokens += len(seq.prompt)
             self._hit_tokens += reuse
+            self._host_hit_tokens += restored
 
     def _fill_batch(self) -> list[tuple[Sequence, int]]:
         fed = plan_batch(self._running, self._budget)
@@ -336,7 +353,7 @@ class Scheduler:
             if seq in self._running:
                 self._running.remove(seq)
             self._release(seq, keep_cache=False)
-            self._send(seq, error)
+            self._outbox.send(seq, error)
 
     def _preempt(self, seq: Sequence) -> None:
         if seq.first_token_at is None:  # its prompt is computed (and scored) again
@@ -355,7 +372,7 @@ class Scheduler:
         self._running.remove(seq)
         self._release(seq)
         self._completed += 1
-        self._send(seq, scored_prompt_delta(seq))
+        self._outbox.send(seq, scored_prompt_delta(seq))
 
     def _accept(self, seq: Sequence, token: int, now: float) -> None:
         """Append a sampled token to its sequence and send its delta (or its end)."""
@@ -364,7 +381,7 @@ class Scheduler:
             self._running.remove(seq)
             self._release(seq)
             self._completed += 1
-        self._send(seq, delta)
+        self._outbox.send(seq, delta)
 
     def _release(self, seq: Sequence, *, keep_cache: bool = True, finished: bool = True) -> None:
         """Give back a sequence's slot, keeping its KV as a prefix-cache entry if asked."""
@@ -374,23 +391,3 @@ class Scheduler:
         seq.n_past = 0
         if finished:
             seq.sampler.free()
-
-    def _send(self, seq: Sequence, item: TokenDelta | BaseException) -> None:
-        self._outbox.append((seq, item))
-
-    def _flush(self) -> None:
-        """Hand this step's deltas to the event loop, in order, in one callback."""
-        if not self._outbox:
-            return
-        outbox, self._outbox = self._outbox, []
-
-        def deliver() -> None:
-            for seq, item in outbox:
-                seq.deliver(item)
-
-        try:
-            self._post(deliver)
-        except RuntimeError:
-            # The event loop is gone (shutdown); nobody is left to read these.
-            for seq, _ in outbox:
-                seq.aborted = True

@@ -10,7 +10,12 @@ work than it reuses:
   the spare slot (an empty one, else the least recently used entry), or recomputed there when
   it is too short to be worth a copy. Before, the new prompt overwrote the entry it matched, so
   with a shared system prompt the cache kept about one conversation;
-- when a *running* sequence shares a longer prefix, its stream is copied into the spare slot.
+- when a *running* sequence shares a longer prefix, its stream is copied into the spare slot;
+- when an entry of the host-RAM tier (host_cache.py) shares 32+ more tokens than any of those,
+  it is copied back into the spare slot.
+
+An entry about to lose 32+ of its tokens (its slot taken for other work) is first saved to the
+host-RAM tier, when there is one.
 
 Idle slots that match nothing are reused least recently used first: that is the prefix
 cache's LRU bound. Touched by the scheduler thread only.
@@ -22,6 +27,7 @@ from typing import Any
 
 import llama_cpp
 
+from vllm_service.engine.llamacpp.host_cache import HostCache, HostEntry
 from vllm_service.engine.llamacpp.sequence import Sequence, Slot, common_prefix
 
 #: Copying a KV stream costs a copy of the whole stream; below this many shared tokens
@@ -36,10 +42,16 @@ MIN_KEPT_TOKENS = 32
 class SlotTable:
     """Every slot of one llama context, and the prefix cache they make up."""
 
-    def __init__(self, memory: Any, n_slots: int, *, prefix_caching: bool) -> None:
-        self._memory = memory
+    def __init__(
+        self, ctx: Any, n_slots: int, *, prefix_caching: bool, host_bytes: int = 0
+    ) -> None:
+        self._memory = llama_cpp.llama_get_memory(ctx)
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
         self.prefix_caching = prefix_caching
+        self.host = HostCache(ctx, host_bytes if prefix_caching else 0)
+        #: Slots a stream copy was queued into: llama.cpp performs it at the next decode, so
+        #: until then their KV must not be saved.
+        self._copied: set[int] = set()
         self._uses = 0
         #: Running sequences' streams copied into an idle slot to share their prefix.
         self.copies = 0
@@ -50,42 +62,67 @@ class SlotTable:
     def __len__(self) -> int:
         return len(self.slots)
 
-    def place(self, seq: Sequence, running: list[Sequence]) -> int:
-        """Give ``seq`` an idle slot; returns how many of its tokens' KV it already holds."""
+    def place(self, seq: Sequence, running: list[Sequence]) -> tuple[int, int]:
+        """Give ``seq`` an idle slot; returns how many of its tokens' KV it already holds, and
+        how many of those came back from the host-RAM tier."""
         idle = [s for s in self.slots if s.seq is None]
         # At least the last known token is computed: its logits are what gets sampled. A
         # prompt being scored is computed whole: every position's logits are needed.
         limit = 0 if seq.scoring else len(seq.tokens) - 1
         spare = min(idle, key=lambda s: (bool(s.cached), s.last_used))  # empty, else LRU
         slot, reuse, source = spare, 0, None
+        saved: HostEntry | None = None
         if self.prefix_caching and limit > 0:
-            matches = [(min(common_prefix(s.cached, seq.tokens), limit), s) for s in idle]
-            best, best_slot = max(matches, key=lambda m: (m[0], m[1].last_used))
-            # Tokens of the matched entry a new prompt would overwrite: worth keeping when an
-            # empty slot can take the new one, or when they outweigh the LRU entry's place.
-            lost = len(best_slot.cached) - best
-            keep = lost > 0 if not spare.cached else lost >= MIN_KEPT_TOKENS
-            if best > 0 and (best_slot is spare or not keep):
-                slot, reuse = best_slot, best  # continue where it left off
-            elif best >= MIN_COPY_PREFIX:
-                reuse, source = best, best_slot  # share its prefix, keep the entry
-            for other in running:
-                shared = min(common_prefix(other.tokens[: other.n_past], seq.tokens), limit)
-                if shared >= MIN_COPY_PREFIX and shared > reuse:
-                    reuse, source = shared, other.slot
-        if source is not None:
-            slot = spare
+            slot, reuse, source = self._choose(seq, idle, spare, running, limit)
+            shared, entry = self.host.best(seq.tokens, limit)
+            if shared >= reuse + MIN_COPY_PREFIX:
+                slot, reuse, source, saved = spare, shared, None, entry
+        # The slot's own entry, unless the new work continues it, is about to be lost.
+        kept = reuse if source is None and saved is None else 0
+        if len(slot.cached) - kept >= MIN_KEPT_TOKENS and slot.seq_id not in self._copied:
+            self.host.save(slot.seq_id, slot.cached)
+        restored = 0
+        if saved is not None:
+            restored = reuse if self.host.restore(saved, slot.seq_id) else 0
+            reuse = restored
+        elif source is not None:
             llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, slot.seq_id, -1, -1)
+            self._copied.add(slot.seq_id)
             self.copies += 1
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1):
             # A model whose memory cannot be cut mid-sequence: start from nothing.
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            reuse = 0
+            reuse = restored = 0
         self._uses += 1
         slot.seq, slot.cached, slot.last_used = seq, [], self._uses
         seq.slot = slot
         seq.n_past = reuse
-        return reuse
+        return reuse, restored
+
+    def _choose(
+        self, seq: Sequence, idle: list[Slot], spare: Slot, running: list[Sequence], limit: int
+    ) -> tuple[Slot, int, Slot | None]:
+        """Where a sequence goes among the slots: (slot, tokens reused, slot to copy from)."""
+        slot, reuse, source = spare, 0, None
+        matches = [(min(common_prefix(s.cached, seq.tokens), limit), s) for s in idle]
+        best, best_slot = max(matches, key=lambda m: (m[0], m[1].last_used))
+        # Tokens of the matched entry a new prompt would overwrite: worth keeping when an
+        # empty slot can take the new one, or when they outweigh the LRU entry's place.
+        lost = len(best_slot.cached) - best
+        keep = lost > 0 if not spare.cached else lost >= MIN_KEPT_TOKENS
+        if best > 0 and (best_slot is spare or not keep):
+            slot, reuse = best_slot, best  # continue where it left off
+        elif best >= MIN_COPY_PREFIX:
+            reuse, source = best, best_slot  # share its prefix, keep the entry
+        for other in running:
+            shared = min(common_prefix(other.tokens[: other.n_past], seq.tokens), limit)
+            if shared >= MIN_COPY_PREFIX and shared > reuse:
+                slot, reuse, source = spare, shared, other.slot
+        return slot, reuse, source
+
+    def decoded(self) -> None:
+        """A decode ran: llama.cpp has performed the stream copies queued before it."""
+        self._copied.clear()
 
     def release(self, seq: Sequence, *, keep_cache: bool) -> bool:
         """Free a sequence's slot, its KV kept as a prefix-cache entry if asked; False if it

@@ -1,0 +1,114 @@
+"""The prefix cache's second tier: KV of past prefixes kept in host RAM.
+
+A slot holds one prefix-cache entry; with ``max_num_seqs`` slots the first tier keeps that many
+conversations. When a slot's entry is about to be overwritten, its KV is copied out of llama.cpp
+(``llama_state_seq_get_data``) into this tier; a later prompt that shares more of its beginning
+with a saved entry than with any slot gets it copied back (``llama_state_seq_set_data``) instead
+of computing it again. Restoring costs a memory copy (~22 KB per token for the bundled model):
+hundreds of times less than prefilling the same tokens on a CPU.
+
+Bounded by ``budget`` bytes, least recently used entries dropped first. An entry that another
+entry extends is dropped: the longer one serves both. Touched by the scheduler thread only.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+
+from vllm_service.engine.llamacpp.sequence import common_prefix
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class HostEntry:
+    key: int
+    tokens: list[int]
+    data: Any  # a ctypes uint8 array
+    size: int
+
+
+class HostCache:
+    """KV states of past prefixes, in host RAM, within a byte budget (LRU)."""
+
+    def __init__(self, ctx: Any, budget: int) -> None:
+        self._ctx = ctx
+        self.budget = budget
+        self._entries: collections.OrderedDict[int, HostEntry] = collections.OrderedDict()
+        self._next_key = 0
+        self.bytes = 0
+        self.saves = 0
+        self.restores = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget > 0
+
+    def best(self, tokens: list[int], limit: int) -> tuple[int, HostEntry | None]:
+        """The entry sharing the longest prefix with ``tokens`` (at most ``limit``)."""
+        best, found = 0, None
+        for entry in self._entries.values():
+            shared = min(common_prefix(entry.tokens, tokens), limit)
+            if shared > best:
+                best, found = shared, entry
+        return best, found
+
+    def save(self, seq_id: int, tokens: list[int]) -> bool:
+        """Copy the KV of ``seq_id`` (holding ``tokens``) into this tier; False if not kept."""
+        if not self.enabled or not tokens:
+            return False
+        for key, entry in self._entries.items():
+            if common_prefix(entry.tokens, tokens) == len(tokens):
+                self._entries.move_to_end(key)  # already held, by it or a longer one
+                return False
+        size = int(llama_cpp.llama_state_seq_get_size(self._ctx, seq_id))
+        if size == 0 or size > self.budget:
+            return False
+        # Entries this one extends serve no prompt it does not: drop them first.
+        for key in [k for k, e in self._entries.items() if len(e.tokens) <= len(tokens)]:
+            entry = self._entries[key]
+            if common_prefix(entry.tokens, tokens) == len(entry.tokens):
+                self._drop(key)
+        while self.bytes + size > self.budget:
+            self._drop(next(iter(self._entries)))
+            self.evictions += 1
+        data = (ctypes.c_uint8 * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(self._ctx, data, size, seq_id))
+        if written == 0:
+            logger.warning("could not copy the KV of sequence %d to host memory", seq_id)
+            return False
+        self._entries[self._next_key] = HostEntry(self._next_key, list(tokens), data, written)
+        self._next_key += 1
+        self.bytes += written
+        self.saves += 1
+        return True
+
+    def restore(self, entry: HostEntry, seq_id: int) -> bool:
+        """Copy a saved entry's KV into ``seq_id`` (emptied first); False if llama.cpp refused."""
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), seq_id, -1, -1)
+        read = int(llama_cpp.llama_state_seq_set_data(self._ctx, entry.data, entry.size, seq_id))
+        if read == 0:
+            logger.warning("could not restore a host-memory prefix into sequence %d", seq_id)
+            return False
+        if entry.key in self._entries:
+            self._entries.move_to_end(entry.key)
+        self.restores += 1
+        return True
+
+    def _drop(self, key: int) -> None:
+        entry = self._entries.pop(key)
+        self.bytes -= entry.size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
