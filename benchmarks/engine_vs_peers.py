@@ -21,6 +21,12 @@ commit) a second vllm-service runs that code, measured in the same rounds at c=1
 
     python benchmarks/engine_vs_peers.py [--rounds 3] [--requests 32]
         [--baseline-src DIR [--only-baseline]]
+
+With ``--workloads`` it runs instead three workloads (distinct prompts, repeated prompts,
+multi-turn chat) at ``--concurrency`` (1 4 16) against llama-server: see workloads.py.
+
+    python benchmarks/engine_vs_peers.py --workloads [distinct repeated multi-turn]
+        [--concurrency 1 4 16] [--rounds 3] [--baseline-src DIR] [--variant NAME=JSON]
 """
 
 from __future__ import annotations
@@ -258,6 +264,7 @@ class Sample:
     ttft: float
     itl: list[float]
     tokens: int
+    text: str = ""
 
 
 async def one_request(
@@ -269,6 +276,7 @@ async def one_request(
 ) -> Sample:
     start = time.perf_counter()
     stamps: list[float] = []
+    text: list[str] = []
     usage_tokens = None
     try:
         stream = await client.chat.completions.create(
@@ -285,12 +293,14 @@ async def one_request(
                 usage_tokens = chunk.usage.completion_tokens
             if chunk.choices and chunk.choices[0].delta.content:
                 stamps.append(time.perf_counter())
+                text.append(chunk.choices[0].delta.content)
     except openai.APIError:
         stamps = []  # counted as a failed request below
     if not stamps:  # the peer ended the stream without output: a failed request
         return Sample(float("nan"), [], 0)
     itl = [b - a for a, b in itertools.pairwise(stamps)]
-    return Sample(stamps[0] - start, itl, usage_tokens if usage_tokens else len(stamps))
+    tokens = usage_tokens if usage_tokens else len(stamps)
+    return Sample(stamps[0] - start, itl, tokens, "".join(text))
 
 
 async def closed_loop(
@@ -377,7 +387,14 @@ async def main() -> None:
     )
     parser.add_argument("--baseline-src", type=Path)
     parser.add_argument("--only-baseline", action="store_true")
+    from workloads import WORKLOADS, add_arguments, run_workloads
+
+    add_arguments(parser)
     args = parser.parse_args()
+    if args.workloads is not None:
+        args.workloads = args.workloads or list(WORKLOADS)
+        await run_workloads(args)
+        return
     sampling = SAMPLING[args.sampling]
 
     gguf = resolve_model_path("smollm2")
