@@ -142,3 +142,18 @@ def test_greedy_takes_the_first_of_equal_maxima_and_counts_penalties() -> None:
     assert sample_rows(row, [0], [greedy]) == [1]
     # Token 1 was generated: its logit halves, token 3 wins.
     assert sample_rows(row, [0], [greedy]) == [3]
+
+
+def test_draws_find_tokens_in_every_block_of_a_long_row() -> None:
+    row = np.full((1, VOCAB), -np.inf, dtype=np.float32)  # blocks of 512 and a shorter tail
+    likely = {3: 0.5, 700: 0.3, 1999: 0.2}
+    for token, p in likely.items():
+        row[0, token] = np.log(p)
+    sampler = plan(1.0)
+    counts: dict[int, int] = {}
+    for _ in range(20000):
+        token = sample_rows(row, [0], [sampler])[0]
+        counts[token] = counts.get(token, 0) + 1
+    assert set(counts) == set(likely)
+    for token, p in likely.items():
+        assert abs(counts[token] / 20000 - p) < 0.015
