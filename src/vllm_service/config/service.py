@@ -70,7 +70,11 @@ class ServerConfig(_Strict):
         description="Longest gap, in seconds, between the bytes of a request body (then close).",
     )
     keep_alive_timeout: int = Field(
-        default=5, ge=1, description="Seconds an idle keep-alive connection stays open."
+        default=75,
+        ge=1,
+        description="Seconds an idle keep-alive connection stays open. Keep it above the "
+        "clients' own idle expiry (httpx, so the openai SDK: 5 s; load balancers: often "
+        "60 s): a client reusing a connection as the server closes it gets a connection error.",
     )
     max_connections: int = Field(
         default=1024,

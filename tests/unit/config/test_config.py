@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from openai._constants import DEFAULT_CONNECTION_LIMITS
 
 from vllm_service.config import DEFAULT_PORT, ConfigError, load_settings
 
@@ -12,6 +13,16 @@ def test_defaults_serve_the_bundled_model() -> None:
     assert settings.server.port == DEFAULT_PORT
     assert settings.models[0].options.model == "smollm2"
     assert settings.models[0].options.max_num_seqs >= 16
+
+
+def test_idle_connections_outlive_the_openai_sdks_own_expiry() -> None:
+    # A pooled connection the client still trusts while the server closes it fails the next
+    # request with a connection error (seen under load with both at 5 s): the server must
+    # hold idle connections longer than the SDK's pool keeps them.
+    expiry = DEFAULT_CONNECTION_LIMITS.keepalive_expiry
+    assert expiry is not None
+    assert load_settings().server.keep_alive_timeout > expiry
+    assert load_settings(EXAMPLE).server.keep_alive_timeout > expiry
 
 
 def test_example_config_loads() -> None:
