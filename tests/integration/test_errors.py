@@ -47,6 +47,11 @@ CASES = {
         "application/json",
         400,
     ),
+    "logit_bias_superscript_key": (  # '²'.isdigit() is True, int('²') fails
+        json.dumps(chat(logit_bias={"\u00b2": 1})).encode(),
+        "application/json",
+        400,
+    ),
     "logit_bias_out_of_range": (
         json.dumps(chat(logit_bias={"5": 500})).encode(),
         "application/json",

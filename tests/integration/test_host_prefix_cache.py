@@ -125,3 +125,31 @@ def test_the_host_tier_stays_within_its_budget(tmp_path: Any) -> None:
         assert stats["kv_cells_used"] == stats["kv_cells_cached"]
     finally:
         svc.stop()
+
+
+def test_an_entry_being_restored_is_not_evicted_to_save_the_slot_it_goes_to(
+    tmp_path: Any,
+) -> None:
+    # One slot, room for one conversation in RAM: the slot's entry must be saved before the
+    # restored one overwrites it, and the only room is the restored entry's own.
+    svc = _service(tmp_path, max_num_seqs=1, prefix_cache_host_bytes=3 * 1024 * 1024)
+    try:
+        client = svc.client()
+        prompt = _conversation("lighthouses")
+        first = _ask(client, prompt, 48)
+        assert (first.usage.prompt_tokens + 48) * KV_BYTES_PER_TOKEN > 1024 * 1024
+        _ask(client, _conversation("volcanoes"), 48)  # the lighthouses go to RAM
+        saved = svc.engine_stats()
+        assert saved["host_cache_entries"] == 1
+        back = _ask(client, prompt, 48)
+        stats = svc.engine_stats()
+        assert _cached(back) == back.usage.prompt_tokens - 1
+        hits = stats["prefix_cache_host_hit_tokens"] - saved["prefix_cache_host_hit_tokens"]
+        assert hits == back.usage.prompt_tokens - 1
+        # The volcanoes did not fit beside it: the restored entry stayed, nothing was evicted.
+        assert stats["host_cache_entries"] == 1
+        assert stats["host_cache_evictions"] == 0
+        assert stats["host_cache_bytes"] <= 3 * 1024 * 1024
+        assert stats["kv_cells_used"] == stats["kv_cells_cached"]
+    finally:
+        svc.stop()

@@ -102,7 +102,8 @@ class DeploymentCollector(Collector):
         )
         memory = GaugeMetricFamily(
             "vllm_model_memory_bytes",
-            "Bytes a model held here takes when loaded (its file, plus its KV cache once known).",
+            "Bytes a model held here takes when loaded (its file, plus its KV cache and "
+            "prefix-cache host-RAM budget once known).",
             labels=labels,
         )
         loads = CounterMetricFamily(

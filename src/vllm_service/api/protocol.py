@@ -193,7 +193,8 @@ class SamplingFields(OpenAIBaseModel):
         if len(v) > 1024:
             raise ValueError("at most 1024 tokens may be biased")
         for key in v:
-            if not key.isdigit() or len(key) > 9:
+            # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+            if not (key.isascii() and key.isdigit()) or len(key) > 9:
                 raise ValueError(f"keys must be token ids (non-negative integers), got {key!r}")
         return v
 

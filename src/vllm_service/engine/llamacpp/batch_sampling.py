@@ -65,7 +65,7 @@ class RowSampling:
     def adjust(self, row: np.ndarray) -> None:
         """Add the logit bias and apply the penalties to a copied logits row (in place)."""
         if self.bias_tokens is not None and self.bias_values is not None:
-            row[self.bias_tokens] += self.bias_values
+            np.add.at(row, self.bias_tokens, self.bias_values)  # '1' and '01' both count
         if self.penalized and self.counts:
             seen = np.fromiter(self.counts, dtype=np.intp, count=len(self.counts))
             times = np.fromiter(self.counts.values(), dtype=np.float32, count=len(self.counts))

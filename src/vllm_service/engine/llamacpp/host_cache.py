@@ -8,7 +8,10 @@ of computing it again. Restoring costs a memory copy (~22 KB per token for the b
 hundreds of times less than prefilling the same tokens on a CPU.
 
 Bounded by ``budget`` bytes, least recently used entries dropped first. An entry that another
-entry extends is dropped: the longer one serves both. Touched by the scheduler thread only.
+entry extends is dropped: the longer one serves both. Each entry is its own anonymous memory
+map, returned to the system when the entry is dropped: entries of megabytes allocated and freed
+through malloc left the process ~1.6x the budget larger, its heap fragmented
+(``benchmarks/host_cache_memory.py``). Touched by the scheduler thread only.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import logging
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +34,18 @@ logger = logging.getLogger(__name__)
 class HostEntry:
     key: int
     tokens: list[int]
-    data: Any  # a ctypes uint8 array
     size: int
+    memory: mmap.mmap
+    data: Any  # a ctypes uint8 array over ``memory``
+
+    @classmethod
+    def allocate(cls, key: int, tokens: list[int], size: int) -> HostEntry:
+        memory = mmap.mmap(-1, size)
+        return cls(key, list(tokens), size, memory, (ctypes.c_uint8 * size).from_buffer(memory))
+
+    def release(self) -> None:
+        self.data = None  # the only view of the map: it must go before the map can close
+        self.memory.close()
 
 
 class HostCache:
@@ -63,8 +77,10 @@ class HostCache:
                 best, found = shared, entry
         return best, found
 
-    def save(self, seq_id: int, tokens: list[int]) -> bool:
-        """Copy the KV of ``seq_id`` (holding ``tokens``) into this tier; False if not kept."""
+    def save(self, seq_id: int, tokens: list[int], pinned: HostEntry | None = None) -> bool:
+        """Copy the KV of ``seq_id`` (holding ``tokens``) into this tier; False if not kept.
+
+        ``pinned`` (an entry about to be restored) is never dropped to make room."""
         if not self.enabled or not tokens:
             return False
         for key, entry in self._entries.items():
@@ -72,24 +88,28 @@ class HostCache:
                 self._entries.move_to_end(key)  # already held, by it or a longer one
                 return False
         size = int(llama_cpp.llama_state_seq_get_size(self._ctx, seq_id))
-        if size == 0 or size > self.budget:
+        room = self.budget - (pinned.size if pinned is not None else 0)
+        if size == 0 or size > room:
             return False
         # Entries this one extends serve no prompt it does not: drop them first.
-        for key in [k for k, e in self._entries.items() if len(e.tokens) <= len(tokens)]:
-            entry = self._entries[key]
-            if common_prefix(entry.tokens, tokens) == len(entry.tokens):
+        for key, entry in list(self._entries.items()):
+            extended = common_prefix(entry.tokens, tokens) == len(entry.tokens)
+            if entry is not pinned and len(entry.tokens) <= len(tokens) and extended:
                 self._drop(key)
-        while self.bytes + size > self.budget:
-            self._drop(next(iter(self._entries)))
+        for key in [k for k, e in self._entries.items() if e is not pinned]:
+            if self.bytes + size <= self.budget:
+                break
+            self._drop(key)
             self.evictions += 1
-        data = (ctypes.c_uint8 * size)()
-        written = int(llama_cpp.llama_state_seq_get_data(self._ctx, data, size, seq_id))
+        entry = HostEntry.allocate(self._next_key, tokens, size)
+        written = int(llama_cpp.llama_state_seq_get_data(self._ctx, entry.data, size, seq_id))
         if written == 0:
+            entry.release()
             logger.warning("could not copy the KV of sequence %d to host memory", seq_id)
             return False
-        self._entries[self._next_key] = HostEntry(self._next_key, list(tokens), data, written)
+        self._entries[self._next_key] = entry
         self._next_key += 1
-        self.bytes += written
+        self.bytes += size
         self.saves += 1
         return True
 
@@ -108,7 +128,8 @@ class HostCache:
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)
         self.bytes -= entry.size
+        entry.release()
 
     def clear(self) -> None:
-        self._entries.clear()
-        self.bytes = 0
+        for key in list(self._entries):
+            self._drop(key)

@@ -80,7 +80,7 @@ class SlotTable:
         # The slot's own entry, unless the new work continues it, is about to be lost.
         kept = reuse if source is None and saved is None else 0
         if len(slot.cached) - kept >= MIN_KEPT_TOKENS and slot.seq_id not in self._copied:
-            self.host.save(slot.seq_id, slot.cached)
+            self.host.save(slot.seq_id, slot.cached, pinned=saved)
         restored = 0
         if saved is not None:
             restored = reuse if self.host.restore(saved, slot.seq_id) else 0
