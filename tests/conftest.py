@@ -32,6 +32,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_HELD_PORTS: list[socket.socket] = []
+
+
+def dead_url() -> str:
+    """The base URL of an upstream that refuses connections for the whole test session: its
+    port stays bound and never listens, so no service started later can be given it (a port
+    merely free now can become a test's own server, which then answers)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    _HELD_PORTS.append(sock)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
 def python_tool(name: str) -> str | None:
     """A console script installed beside the running interpreter (found without PATH, so an
     unactivated virtualenv works)."""

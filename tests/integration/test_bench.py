@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MODEL, Service, free_port, service_command
+from tests.conftest import MODEL, Service, dead_url, service_command
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_a_short_run_writes_consistent_results_and_plots(service: Service, tmp_p
 
 
 def test_errors_are_counted_not_crashes(service: Service, tmp_path: Path) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+    dead = dead_url()
     proc, result = run_bench(
         tmp_path,
         "--endpoint", f"wrong-model={service.base_url}/v1",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MODEL, Service, free_port, python_tool, service_command
+from tests.conftest import MODEL, Service, dead_url, python_tool, service_command
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ def test_a_malformed_dataset_names_its_line(tmp_path: Path, line: str, message: 
 def test_a_reference_endpoint_that_answers_nothing_is_a_clear_error(
     service: Service, tmp_path: Path
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+    dead = dead_url()
     proc = run_eval(
         "--endpoint", f"{service.base_url}/v1", "--reference-endpoint", dead,
         "--timeout", "5", check=False,

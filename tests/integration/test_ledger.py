@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from tests.conftest import MODEL, Postgres, Service, free_port, start_service
+from tests.conftest import MODEL, Postgres, Service, dead_url, start_service
 from vllm_service.storage import Database, ledger
 
 CHAT = "/v1/chat/completions"
@@ -391,7 +391,7 @@ async def _users(url: str) -> set[str]:
 
 
 def test_a_fallback_answer_has_one_row_that_says_so(tmp_path: Path) -> None:
-    dead = {"base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "x"}
+    dead = {"base_url": dead_url(), "model": "x"}
     config = {
         "models": [
             {"name": "remote", "options": dead, "fallbacks": [MODEL]},

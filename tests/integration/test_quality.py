@@ -23,6 +23,7 @@ from tests.conftest import (
     MODEL,
     SUBJECTS,
     Service,
+    dead_url,
     free_port,
     prometheus,
     serve_in_thread,
@@ -259,7 +260,7 @@ def test_a_degraded_deployment_opens_the_gate_alerts_and_routes_to_the_fallback(
 
 
 def test_a_failing_reference_is_counted_and_never_reaches_the_client(tmp_path: Path) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+    dead = dead_url()
     config = {
         "models": [
             {"name": MODEL},

@@ -10,7 +10,7 @@ import httpx2
 import openai
 import pytest
 
-from tests.conftest import MODEL, Service, free_port, start_service
+from tests.conftest import MODEL, Service, dead_url, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def router(
     service: Service, backend: Service, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     live = f"{service.base_url}/v1"
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+    dead = dead_url()
     config = {
         "models": [
             upstream("pair", dead),

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from tests.conftest import MODEL, Service, free_port, start_service
+from tests.conftest import MODEL, Service, dead_url, start_service
 
 pytestmark = pytest.mark.integration
 
 FRONT = "via-upstream"
 DEAD = "dead-upstream"
+MISNAMED = "misnamed-upstream"
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +31,16 @@ def front(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 "name": DEAD,
                 "engine": "upstream",
                 "options": {
-                    "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                    "base_url": dead_url(),
                     "model": MODEL,
                     "connect_timeout": 1.0,
                 },
+            },
+            {
+                # A live upstream asked for a model it does not serve: it answers 404.
+                "name": MISNAMED,
+                "engine": "upstream",
+                "options": {"base_url": f"{service.base_url}/v1", "model": "no-such-model"},
             },
         ]
     }
@@ -108,6 +115,10 @@ def test_upstream_rejections_and_outages_are_clean_errors(front: Service) -> Non
     assert down.status_code == 503
     assert down.json()["error"]["type"] == "service_unavailable_error"
     assert "retry-after" in down.headers
+    # An upstream that is misconfigured is a bad gateway, never an internal error.
+    misnamed = httpx2.post(f"{front.base_url}/v1/chat/completions", json=chat(MISNAMED), timeout=60)
+    assert misnamed.status_code == 502
+    assert "the upstream answered 404" in misnamed.json()["error"]["message"]
     # The service stays healthy and keeps serving the live upstream.
     ok = httpx2.post(f"{front.base_url}/v1/chat/completions", json=chat(FRONT), timeout=60)
     assert ok.status_code == 200

@@ -283,4 +283,7 @@ class UpstreamEngine:
             )
         if status in (400, 413, 422):
             return InvalidRequestError(message)
-        return EngineError(f"the upstream answered {status}: {message}")
+        # 401, 403, 404...: the upstream is misconfigured (key, model, path), not the client's
+        # request wrong: a bad gateway, counted against the deployment.
+        self._failures += 1
+        return UpstreamProtocolError(f"the upstream answered {status}: {message}")
