@@ -205,6 +205,31 @@ def test_shared_system_prompt_is_computed_once(service: Service, uncached: Servi
     asyncio.run(main())
 
 
+def test_a_short_shared_prefix_is_copied_not_recomputed(
+    service: Service, uncached: Service
+) -> None:
+    """Prompts with no system message still share the chat template's own (~20 tokens): a new
+    one copies them from the cached entry (kept: it holds a long answer) and answers as a
+    prefill of its whole prompt would."""
+    service.wait_idle()
+    first = [{"role": "user", "content": "Name a harbour."}]
+    second = [{"role": "user", "content": "Describe a mountain railway."}]
+
+    async def main() -> None:
+        client = service.async_client()
+        await _stream(client, first, max_tokens=48, temperature=0, extra_body={"ignore_eos": True})
+        copies = service.engine_stats()["prefix_cache_copies"]
+        answer = await _stream(client, second, max_tokens=8, temperature=0)
+        assert service.engine_stats()["prefix_cache_copies"] == copies + 1
+        assert 8 <= answer.cached_tokens < answer.prompt_tokens
+        reference = await _stream(uncached.async_client(), second, max_tokens=8, temperature=0)
+        assert reference.cached_tokens == 0
+        assert answer.text == reference.text
+        await client.close()
+
+    asyncio.run(main())
+
+
 def test_running_sequence_shares_its_prefix_by_copy(service: Service, uncached: Service) -> None:
     """A request arriving while another with the same system prompt runs copies its KV."""
     service.wait_idle()
