@@ -39,6 +39,13 @@ SCHEDULER_COUNTERS: tuple[tuple[str, str, Read], ...] = (
         "Entries dropped from the prefix cache's host-RAM tier to stay within its budget.",
         lambda s: s.host_cache_evictions,
     ),
+    ("steps", "Engine steps (one llama_decode each).", lambda s: s.steps),
+    (
+        "step_seq_runs",
+        "Runs of consecutive sequence ids in the steps' batches, each its own forward pass "
+        "(steps_total when the running sequences sit side by side).",
+        lambda s: s.step_seq_runs,
+    ),
     ("prompt_tokens", "Prompt tokens of sequences the engine admitted.", lambda s: s.prompt_tokens),
     (
         "preemptions",

@@ -271,6 +271,9 @@ class SchedulerStats:
     host_cache_bytes: int = 0
     host_cache_entries: int = 0
     host_cache_evictions: int = 0
+    #: Runs of consecutive seq_ids in the steps' batches, each its own forward pass in
+    #: llama.cpp: ``steps`` when the running sequences sit side by side.
+    step_seq_runs: int = 0
 
 
 @dataclass(frozen=True, slots=True)

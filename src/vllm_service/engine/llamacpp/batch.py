@@ -27,6 +27,13 @@ def plan_batch(running: list[Sequence], budget: int) -> list[tuple[Sequence, int
     return fed
 
 
+def seq_runs(fed: list[tuple[Sequence, int]]) -> int:
+    """Runs of consecutive seq_ids in a planned batch: llama.cpp, with one KV stream per
+    sequence, computes each run as its own forward pass over the weights."""
+    ids = [seq.slot.seq_id for seq, _ in fed if seq.slot is not None]
+    return sum(1 for i, seq_id in enumerate(ids) if i == 0 or seq_id != ids[i - 1] + 1)
+
+
 def write_batch(batch: Any, fed: list[tuple[Sequence, int]]) -> None:
     """Write the planned tokens; logits where a sequence samples next, or scores its prompt."""
     n = 0

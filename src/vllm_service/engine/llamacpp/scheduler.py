@@ -31,7 +31,7 @@ from vllm_service.engine.base import (
     EngineUnavailableError,
     SchedulerStats,
 )
-from vllm_service.engine.llamacpp.batch import plan_batch, write_batch
+from vllm_service.engine.llamacpp.batch import plan_batch, seq_runs, write_batch
 from vllm_service.engine.llamacpp.model import LlamaModel
 from vllm_service.engine.llamacpp.output import Outbox, OutputWriter, scored_prompt_delta
 from vllm_service.engine.llamacpp.sampling import sample_step
@@ -97,6 +97,7 @@ class Scheduler:
         )
         self._running: list[Sequence] = []
         self._steps = 0
+        self._seq_runs = 0
         self._preemptions = 0
         self._submitted = 0
         self._completed = 0
@@ -164,6 +165,7 @@ class Scheduler:
             kv_cells_cached=self._slots.kv_cached,
             kv_cells_total=self.kv_cells,
             steps=self._steps,
+            step_seq_runs=self._seq_runs,
             preemptions=self._preemptions,
             submitted=self._submitted,
             completed=self._completed,
@@ -252,6 +254,7 @@ class Scheduler:
             self._decode_failed(rc, fed)
             return
         self._steps += 1
+        self._seq_runs += seq_runs(fed)
         self._slots.decoded()
         for seq, count in fed:
             seq.n_past += count
