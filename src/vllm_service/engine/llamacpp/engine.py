@@ -28,6 +28,7 @@ from vllm_service.engine.llamacpp.chat_template import CHATML_TEMPLATE, ChatTemp
 from vllm_service.engine.llamacpp.device import DevicePlacement, available_memory_bytes, place
 from vllm_service.engine.llamacpp.embedder import PooledEmbedder
 from vllm_service.engine.llamacpp.grammar import GrammarBuilder, SchemaLimits
+from vllm_service.engine.llamacpp.host_cache import host_cache_budget
 from vllm_service.engine.llamacpp.model import (
     LlamaModel,
     ModelLoadError,
@@ -106,6 +107,7 @@ class LlamaCppEngine:
         self._created = int(time.time())
         #: The KV cache's bytes, known once the model has been loaded.
         self._kv_bytes: int | None = None
+        self._host_bytes = 0
         #: The embedding context (/v1/embeddings), made on the first request.
         self._embedder: PooledEmbedder | None = None
         self._embedder_lock = threading.Lock()
@@ -179,6 +181,7 @@ class LlamaCppEngine:
         self._kv_bytes = model.kv_cache_bytes(
             self.options.max_model_len * self.options.max_num_seqs
         )
+        self._host_bytes = host_cache_budget(self.options)
         scheduler = Scheduler(
             model,
             n_threads=self.placement.n_threads,
@@ -189,7 +192,7 @@ class LlamaCppEngine:
             max_waiting_tokens=self.options.max_waiting_tokens,
             queue_timeout=self.options.queue_timeout,
             enable_prefix_caching=self.options.enable_prefix_caching,
-            prefix_cache_host_bytes=self.options.prefix_cache_host_bytes,
+            prefix_cache_host_bytes=self._host_bytes,
             post=post,
         )
         scheduler.start()
@@ -216,8 +219,7 @@ class LlamaCppEngine:
         host-RAM budget (once known)."""
         if self._kv_bytes is None:
             return self._file_bytes
-        host = self.options.prefix_cache_host_bytes if self.options.enable_prefix_caching else 0
-        return self._file_bytes + self._kv_bytes + host
+        return self._file_bytes + self._kv_bytes + self._host_bytes
 
     # -- the contract -------------------------------------------------------------------------
 
@@ -242,6 +244,7 @@ class LlamaCppEngine:
                 "extra_buffer_types": int(self.placement.extra_buffer_types),
                 "max_model_len": self.options.max_model_len,
                 "max_num_seqs": self.options.max_num_seqs,
+                "prefix_cache_host_budget": self._host_bytes,
                 "grammar_conversions": self._grammars.conversions,
                 "grammar_cache_hits": self._grammars.cache_hits,
                 "grammar_refusals": self._grammars.refused,

@@ -25,9 +25,29 @@ from typing import Any
 
 import llama_cpp
 
+from vllm_service.engine.llamacpp.device import available_memory_bytes
+from vllm_service.engine.llamacpp.options import (
+    FALLBACK_PREFIX_CACHE_HOST_BYTES,
+    MAX_AUTO_PREFIX_CACHE_HOST_BYTES,
+    LlamaCppOptions,
+)
 from vllm_service.engine.llamacpp.sequence import common_prefix
 
 logger = logging.getLogger(__name__)
+
+
+def host_cache_budget(options: LlamaCppOptions) -> int:
+    """The tier's bytes: as configured; unset, a quarter of the memory available now (a
+    container's limit included), at most 8 GiB; none without prefix caching. Entries take
+    memory as they come: an idle service holds none of it."""
+    if not options.enable_prefix_caching:
+        return 0
+    if options.prefix_cache_host_bytes is not None:
+        return int(options.prefix_cache_host_bytes)
+    available = available_memory_bytes()
+    if available is None:
+        return FALLBACK_PREFIX_CACHE_HOST_BYTES
+    return max(0, min(MAX_AUTO_PREFIX_CACHE_HOST_BYTES, available // 4))
 
 
 @dataclass(eq=False, slots=True)

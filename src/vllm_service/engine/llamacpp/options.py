@@ -15,7 +15,11 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
 DEFAULT_MAX_WAITING_SEQS = 256
 DEFAULT_MAX_WAITING_TOKENS = 256 * 1024
 DEFAULT_QUEUE_TIMEOUT = 120.0
-DEFAULT_PREFIX_CACHE_HOST_BYTES = ByteSize(512 * 1024**2)
+#: The host-RAM tier's budget when unset: a quarter of the memory available when the model
+#: loads (cgroup limits included), at most this (llama-server's --cache-ram default).
+MAX_AUTO_PREFIX_CACHE_HOST_BYTES = 8 * 1024**3
+#: ... and this where the available memory cannot be read.
+FALLBACK_PREFIX_CACHE_HOST_BYTES = 512 * 1024**2
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
@@ -74,12 +78,13 @@ class LlamaCppOptions(EngineOptions):
         default=True,
         description="Reuse the KV cache of a shared prompt prefix (system prompt, earlier turns).",
     )
-    prefix_cache_host_bytes: ByteSize = Field(
-        default=DEFAULT_PREFIX_CACHE_HOST_BYTES,
+    prefix_cache_host_bytes: ByteSize | None = Field(
+        default=None,
         ge=0,
         description="Host RAM for the prefix cache's second tier (e.g. 2GiB; 0 = none): the KV "
         "of past prompts and conversations whose slot was reused, restored instead of computed "
-        "again when they return. Least recently used entries go first.",
+        "again when they return. Least recently used entries go first. Unset: a quarter of the "
+        "memory available when the model loads, at most 8 GiB.",
     )
     max_embedding_tokens: int = Field(
         default=16384,
