@@ -56,8 +56,13 @@ def bucket(seconds: float) -> int:
 def test_the_adapter_p95_matches_each_process(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    fast = start_service(tmp_path / "a", {})
-    slow = start_service(tmp_path / "b", {})
+    # One thread each: two services with a thread per core each would share the machine's
+    # cores by preemption, and llama.cpp's threads wait for each other by spinning, so one
+    # process could stall the other for a minute (measured on 2 cores: a 40-token request
+    # took 81-99 s beside the other service's load, 0.5 s alone).
+    config = {"models": [{"name": MODEL, "options": {"n_threads": 1}}]}
+    fast = start_service(tmp_path / "a", config)
+    slow = start_service(tmp_path / "b", config)
     try:
         with prometheus(tmp_path, fast.port, slow.port) as prom:
             up = prom.wait_for('count(up{job="vllm-service"} == 1) == 2')
