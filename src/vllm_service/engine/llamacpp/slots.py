@@ -138,10 +138,9 @@ class SlotTable:
 
     def _runs_added(self, slot: Slot) -> int:
         """How many more runs of consecutive running seq_ids there would be with ``slot``
-        running too: 1 alone, 0 beside one run, -1 joining two (0 when nothing runs)."""
+        running too: 1 alone, 0 beside one run, -1 joining two. Only compared between slots:
+        when nothing runs, every slot scores 1 and the other keys decide."""
         slots = self.slots
-        if all(s.seq is None for s in slots):
-            return 0
         i = slot.seq_id
         left = i > 0 and slots[i - 1].seq is not None
         right = i + 1 < len(slots) and slots[i + 1].seq is not None
