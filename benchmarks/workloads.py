@@ -189,6 +189,7 @@ def make_peers(args: argparse.Namespace, workdir: Path) -> list[Peer]:
     port = free_port()
     llama = [str(ensure_llama_server()), "-m", str(gguf), "-t", str(usable_cpus())]
     llama += ["-np", "16", "-c", str(2048 * 16), "--port", str(port), "--host", "127.0.0.1"]
+    llama.append("--metrics")  # its prompt tokens computed, beside our prefix-cache counters
     if amx_built():
         llama.append("--no-repack")
     found.append(Peer("llama-server", llama, "smollm2", port))
@@ -283,7 +284,13 @@ async def run_workloads(args: argparse.Namespace) -> None:
             rss[peer.name] = peak_rss_mib(peer.process.pid)
             if peer.model == OURS_MODEL:
                 body = httpx2.get(peer.url + "/health", timeout=10).json()
-                stats[peer.name] = body["engines"][OURS_MODEL]
+                engine = body["engines"][OURS_MODEL]
+                engine["prompt_tokens_computed"] = (
+                    engine["prompt_tokens"] - engine["prefix_cache_hit_tokens"]
+                )
+                stats[peer.name] = engine
+            else:
+                stats[peer.name] = llama_server_counters(peer)
     finally:
         for peer in peers:
             if peer.process is not None:
@@ -296,6 +303,8 @@ async def run_workloads(args: argparse.Namespace) -> None:
         print(f"peak RSS {peer.name}: {rss.get(peer.name, float('nan')):.0f} MiB")
     keys = (
         "prompt_tokens",
+        "prompt_tokens_computed",
+        "tokens_predicted",
         "prefix_cache_hit_tokens",
         "prefix_cache_host_hit_tokens",
         "prefix_cache_copies",
@@ -309,7 +318,23 @@ async def run_workloads(args: argparse.Namespace) -> None:
         "kv_cells_cached",
     )
     for name, engine in stats.items():
-        print(f"{name}: " + ", ".join(f"{k} {engine.get(k)}" for k in keys))
+        print(f"{name}: " + ", ".join(f"{k} {engine[k]}" for k in keys if k in engine))
+
+
+def llama_server_counters(peer: Peer) -> dict[str, Any]:
+    """llama-server's own token counters from its Prometheus text (``--metrics``)."""
+    text = httpx2.get(peer.url + "/metrics", timeout=10).text
+    names = {
+        "llamacpp:prompt_tokens_total": "prompt_tokens_computed",
+        "llamacpp:prompt_tokens_cached_total": "prefix_cache_hit_tokens",
+        "llamacpp:tokens_predicted_total": "tokens_predicted",
+    }
+    found: dict[str, Any] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            found[names[name]] = int(float(value))
+    return found
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
