@@ -27,9 +27,18 @@ def _service(tmp: Any, **options: Any) -> Service:
     return start_service(tmp, config)
 
 
-@pytest.fixture(scope="module")
-def two_slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    svc = _service(tmp_path_factory.mktemp("host-tier"), prefix_cache_host_bytes="64MiB")
+@pytest.fixture(scope="module", params=[None, False], ids=["default", "flash-attention-off"])
+def two_slots(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    # Without flash attention llama.cpp keeps V transposed in the cache: saved, restored and
+    # copied between slots all the same.
+    options: dict[str, Any] = {"prefix_cache_host_bytes": "64MiB"}
+    if request.param is not None:
+        options["flash_attention"] = request.param
+    svc = _service(tmp_path_factory.mktemp("host-tier"), **options)
+    mode = httpx2.get(f"{svc.base_url}/health", timeout=10).json()["engines"][MODEL]
+    assert mode["flash_attention"] == ("auto" if request.param is None else "off")
     yield svc
     svc.stop()
 

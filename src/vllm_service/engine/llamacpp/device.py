@@ -27,6 +27,15 @@ class DevicePlacement:
     n_threads: int
     #: llama.cpp's extra CPU weight layouts (repacking, AMX) in use.
     extra_buffer_types: bool = True
+    #: Flash attention on or off; None: llama.cpp decides (``auto``).
+    flash_attention: bool | None = None
+
+    @property
+    def flash_attention_mode(self) -> str:
+        """``on``, ``off`` or ``auto``, as /health shows it."""
+        if self.flash_attention is None:
+            return "auto"
+        return "on" if self.flash_attention else "off"
 
 
 def usable_cpus() -> int:
@@ -79,6 +88,7 @@ def place(
         n_gpu_layers=layers,
         n_threads=options.n_threads or usable_cpus(),
         extra_buffer_types=(not amx_built) if extra is None else extra,
+        flash_attention=options.flash_attention,
     )
 
 

@@ -242,6 +242,7 @@ class LlamaCppEngine:
                 "n_gpu_layers": self.placement.n_gpu_layers,
                 "n_threads": self.placement.n_threads,
                 "extra_buffer_types": int(self.placement.extra_buffer_types),
+                "flash_attention": self.placement.flash_attention_mode,
                 "max_model_len": self.options.max_model_len,
                 "max_num_seqs": self.options.max_num_seqs,
                 "prefix_cache_host_budget": self._host_bytes,

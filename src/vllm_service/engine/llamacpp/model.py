@@ -50,6 +50,14 @@ def amx_built() -> bool:
     return b"AMX_INT8 = 1" in info
 
 
+#: DevicePlacement.flash_attention as llama.cpp's flash_attn_type.
+FLASH_ATTENTION = {
+    None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
 class ModelLoadError(Exception):
     """llama.cpp could not load the model file."""
 
@@ -63,6 +71,7 @@ class LlamaModel:
         params.n_gpu_layers = placement.n_gpu_layers
         params.use_extra_bufts = placement.extra_buffer_types
         self.path = path
+        self._flash_attention = placement.flash_attention
         self._model: Any = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {path}")
@@ -94,6 +103,7 @@ class LlamaModel:
         params.n_batch = params.n_ubatch = batch_tokens
         params.n_seq_max = n_slots
         params.n_threads = params.n_threads_batch = n_threads
+        params.flash_attn_type = FLASH_ATTENTION[self._flash_attention]
         # One KV stream per slot. Measured here: with a unified buffer a sequence's greedy
         # output changes with what runs beside it; with per-slot streams it is the same alone
         # and in a batch of 16. It also means a sequence that passed the context-length check

@@ -103,6 +103,14 @@ class LlamaCppOptions(EngineOptions):
         "AMX tiles). Unset: on, except in a llama.cpp built with AMX, whose AMX kernels were "
         "seen to die with SIGILL on a virtual machine that reports AMX.",
     )
+    flash_attention: bool | None = Field(
+        default=None,
+        description="llama.cpp's flash attention. Unset: llama.cpp's choice (auto: on where "
+        "the backend has it, CPUs included). false makes CPU decode steps faster (16 sequences "
+        "at 800 tokens of context: 219 ms a step on, 129 ms off), prompt chunks up to 10% "
+        "slower, and gives up a guarantee: a greedy or seeded answer computed beside others may "
+        "then differ from the same request alone (attention sums follow how prompts are batched).",
+    )
     max_schema_bytes: int = Field(
         default=64 * 1024, ge=64, description="Largest response_format JSON schema, in bytes."
     )

@@ -41,3 +41,12 @@ def test_extra_buffer_types_are_off_by_default_only_in_an_amx_build() -> None:
     ).extra_buffer_types
     asked = LlamaCppOptions(extra_buffer_types=True)
     assert place(asked, gpu_offload_supported=False, amx_built=True).extra_buffer_types
+
+
+def test_flash_attention_is_llama_cpps_choice_unless_asked() -> None:
+    default = place(LlamaCppOptions(), gpu_offload_supported=False)
+    assert (default.flash_attention, default.flash_attention_mode) == (None, "auto")
+    off = place(LlamaCppOptions(flash_attention=False), gpu_offload_supported=False)
+    assert (off.flash_attention, off.flash_attention_mode) == (False, "off")
+    on = place(LlamaCppOptions(flash_attention=True), gpu_offload_supported=False)
+    assert on.flash_attention_mode == "on"
