@@ -63,7 +63,7 @@ def test_concurrent_work_runs_side_by_side_whatever_the_cache_order(
         assert details.cached_tokens == returning.usage.prompt_tokens - 1
         # ...and every step ran its sequences as one run of consecutive seq_ids.
         steps = after["steps"] - before["steps"]
-        assert steps > 48
+        assert steps >= 48  # the new ones run 48 steps, together or not
         assert after["step_seq_runs"] - before["step_seq_runs"] == steps
         assert after["kv_cells_used"] == after["kv_cells_cached"]
         await client.close()
