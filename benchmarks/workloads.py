@@ -49,6 +49,7 @@ from engine_vs_peers import (
     one_request,
     prompt,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from serve_basics import free_port, peak_rss_mib, service_command
 
 from vllm_service.engine.llamacpp.device import usable_cpus
@@ -329,12 +330,12 @@ def llama_server_counters(peer: Peer) -> dict[str, Any]:
         "llamacpp:prompt_tokens_cached_total": "prefix_cache_hit_tokens",
         "llamacpp:tokens_predicted_total": "tokens_predicted",
     }
-    found: dict[str, Any] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in names:
-            found[names[name]] = int(float(value))
-    return found
+    return {
+        names[sample.name]: int(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in names
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
